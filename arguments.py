@@ -1,0 +1,199 @@
+"""Every command-line flag of the three jobs (spec §9), grouped as the reference groups them.
+
+train.py:    system, model, segmentation validation + training, training
+adapt.py:    system, model, segmentation validation, training, adaptation
+evaluate.py: system, model, segmentation validation
+Values are checked once, here, before any work starts.
+"""
+import argparse
+
+from dataloader import loaders
+from dataloader.metrics import REMAPS
+from models.adaptation import MODES
+
+DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
+
+
+def _add_system(parser):
+    group = parser.add_argument_group('system')
+    group.add_argument('--sys-cpu', action='store_true', help='run on the CPU even when a GPU is available')
+    group.add_argument('--sys-num-workers', type=int, default=3, help='DataLoader worker processes per loader')
+    group.add_argument('--sys-best-effort-determinism', action='store_true',
+                       help='seed every generator with 1 and make cuDNN deterministic')
+    group.add_argument('--sys-sync-batchnorm', action='store_true',
+                       help='(ours) synchronise BatchNorm across GPUs when run under torchrun')
+
+
+def _add_model(parser):
+    group = parser.add_argument_group('model')
+    group.add_argument('--model-type', default='resnet', choices=('resnet', 'vgg'), help='encoder family')
+    group.add_argument('--model-num-layers', type=int, default=18, choices=(18, 34, 50, 101, 152),
+                       help='ResNet depth')
+    group.add_argument('--model-num-layers-vgg', type=int, default=16, choices=(11, 13, 16, 19),
+                       help='VGG depth (with BatchNorm)')
+    group.add_argument('--experiment-class', default='iccv_experiments',
+                       help='folder under $UBNA_DIR_CHECKPOINT that holds this series of experiments')
+    group.add_argument('--model-name', default='ubna', help='name of this experiment (its folder)')
+    group.add_argument('--model-load', default=None,
+                       help='checkpoint folder to load, relative to $UBNA_DIR_CHECKPOINT')
+    group.add_argument('--model-disable-lr-loading', action='store_true',
+                       help='load only model.pth, not the optimiser, scheduler and step counters')
+
+
+def _add_segmentation_validation(parser):
+    group = parser.add_argument_group('segmentation validation')
+    group.add_argument('--segmentation-validation-resize-height', type=int, default=512)
+    group.add_argument('--segmentation-validation-resize-width', type=int, default=1024)
+    group.add_argument('--segmentation-validation-loaders', default='cityscapes_validation',
+                       help='comma separated; one of ' + ', '.join(loaders.VALIDATION_LOADERS))
+    group.add_argument('--segmentation-validation-batch-size', type=int, default=1)
+    group.add_argument('--segmentation-eval-num-images', type=int, default=20,
+                       help='number of image / prediction / label strips written by evaluate.py')
+    group.add_argument('--segmentation-eval-remaps', default='none',
+                       help='comma separated; any of ' + ', '.join(REMAPS))
+
+
+def _add_segmentation_training(parser):
+    group = parser.add_argument_group('segmentation training')
+    group.add_argument('--segmentation-training-loaders', default='cityscapes_train',
+                       help='comma separated; any of ' + ', '.join(loaders.TRAINING_LOADERS))
+    group.add_argument('--segmentation-training-batch-size', type=int, default=6)
+    group.add_argument('--segmentation-resize-height', type=int, default=512)
+    group.add_argument('--segmentation-resize-width', type=int, default=1024)
+    group.add_argument('--segmentation-crop-height', type=int, default=192)
+    group.add_argument('--segmentation-crop-width', type=int, default=640)
+
+
+def _add_training(parser):
+    group = parser.add_argument_group('training')
+    group.add_argument('--train-batches-per-epoch', type=int, default=DEFAULT_BATCHES_PER_EPOCH)
+    group.add_argument('--train-num-epochs', type=int, default=20)
+    group.add_argument('--train-checkpoint-frequency', type=int, default=5, help='epochs between checkpoints')
+    group.add_argument('--train-tb-frequency', type=int, default=500, help='steps between tensorboard logs')
+    group.add_argument('--train-print-frequency', type=int, default=2500, help='steps between printed losses')
+    group.add_argument('--train-learning-rate', type=float, default=1e-4)
+    group.add_argument('--train-scheduler-step-size', type=int, default=15, help='epochs between lr decays')
+    group.add_argument('--train-scheduler-gamma', type=float, default=None,
+                       help='(ours) lr decay factor; unset reproduces the reference quirk gamma = learning rate')
+    group.add_argument('--train-weight-decay', type=float, default=0.0)
+    group.add_argument('--train-weights-init', default='pretrained', choices=('pretrained', 'scratch'),
+                       help='ImageNet weights for the encoder, or random initialisation')
+
+
+def _add_adaptation(parser):
+    group = parser.add_argument_group('adaptation')
+    group.add_argument('--adaptation-training-loaders', default='kitti_kitti_train',
+                       help='comma separated; any of ' + ', '.join(loaders.ADAPTATION_LOADERS))
+    group.add_argument('--adaptation-training-batch-size', type=int, default=6)
+    group.add_argument('--adaptation-num-batches', type=int, default=50)
+    group.add_argument('--adaptation-resize-height', type=int, default=192)
+    group.add_argument('--adaptation-resize-width', type=int, default=640)
+    group.add_argument('--adaptation-crop-height', type=int, default=192)
+    group.add_argument('--adaptation-crop-width', type=int, default=640)
+    group.add_argument('--adaptation-mode-sequential', default='none', choices=MODES,
+                       help='none: constant momentum; batch_shrinking: UBNA; layer_shrinking: UBNA+; '
+                            '(ours) target_only: cumulative average over the target batches (AdaBN)')
+    group.add_argument('--adaptation-alpha-batch', type=float, default=0.1)
+    group.add_argument('--adaptation-alpha-layer', type=float, default=0.1)
+    group.add_argument('--adaptation-batchnorm-momentum', type=float, default=0.1)
+    group.add_argument('--adaptation-xlsx-frequency', type=int, default=1,
+                       help='accepted for old command lines; unused, as in the reference')
+
+
+def _split(names: str) -> list:
+    return [name for name in names.split(',') if name]
+
+
+def _check(parser, opt, job: str) -> None:
+    """One clear message per bad value, before any work starts."""
+    def positive(flag, multiple_of=1):
+        value = getattr(opt, flag.lstrip('-').replace('-', '_'))
+        if value < 1 or value % multiple_of:
+            need = f'a positive multiple of {multiple_of}' if multiple_of > 1 else 'at least 1'
+            parser.error(f'{flag} must be {need}, got {value}')
+
+    def loader_names(flag, kind):
+        names = _split(getattr(opt, flag.lstrip('-').replace('-', '_')))
+        if not names:
+            parser.error(f'{flag} names no loader')
+        try:
+            loaders.check_loader_names(names, kind)
+        except Exception as error:
+            parser.error(f'{flag}: {error}')
+
+    if opt.sys_num_workers < 0:
+        parser.error(f'--sys-num-workers must be 0 or more, got {opt.sys_num_workers}')
+    positive('--segmentation-validation-resize-height', 32)
+    positive('--segmentation-validation-resize-width', 32)
+    positive('--segmentation-validation-batch-size')
+    if opt.segmentation_eval_num_images < 0:
+        parser.error(f'--segmentation-eval-num-images must be 0 or more, got {opt.segmentation_eval_num_images}')
+    loader_names('--segmentation-validation-loaders', 'validation')
+    unknown = [remap for remap in _split(opt.segmentation_eval_remaps) if remap not in REMAPS]
+    if unknown or not _split(opt.segmentation_eval_remaps):
+        parser.error(f'--segmentation-eval-remaps: unknown remap {",".join(unknown) or "(empty)"}; '
+                     f'choose from {", ".join(REMAPS)}')
+    if job == 'evaluate' and not opt.model_load:
+        parser.error('--model-load is required: name a checkpoint folder relative to $UBNA_DIR_CHECKPOINT')
+    if job == 'evaluate':
+        return
+    for flag in ('--train-batches-per-epoch', '--train-num-epochs', '--train-checkpoint-frequency',
+                 '--train-tb-frequency', '--train-print-frequency', '--train-scheduler-step-size'):
+        positive(flag)
+    if not opt.train_learning_rate > 0:
+        parser.error(f'--train-learning-rate must be positive, got {opt.train_learning_rate}')
+    if opt.train_weight_decay < 0:
+        parser.error(f'--train-weight-decay must be 0 or more, got {opt.train_weight_decay}')
+    if opt.train_scheduler_gamma is not None and not 0 < opt.train_scheduler_gamma <= 1:
+        parser.error(f'--train-scheduler-gamma must be in (0, 1], got {opt.train_scheduler_gamma}')
+    if job == 'train':
+        loader_names('--segmentation-training-loaders', 'training')
+        positive('--segmentation-training-batch-size')
+        positive('--segmentation-resize-height')
+        positive('--segmentation-resize-width')
+        positive('--segmentation-crop-height', 32)
+        positive('--segmentation-crop-width', 32)
+        if (opt.segmentation_crop_height > opt.segmentation_resize_height
+                or opt.segmentation_crop_width > opt.segmentation_resize_width):
+            parser.error('--segmentation-crop-height/-width must not exceed --segmentation-resize-height/-width')
+    if job == 'adapt':
+        loader_names('--adaptation-training-loaders', 'adaptation')
+        for flag in ('--adaptation-training-batch-size', '--adaptation-num-batches', '--adaptation-resize-height',
+                     '--adaptation-resize-width', '--adaptation-crop-height', '--adaptation-crop-width'):
+            positive(flag)
+        if not 0 < opt.adaptation_batchnorm_momentum <= 1:
+            parser.error(f'--adaptation-batchnorm-momentum must be in (0, 1], got {opt.adaptation_batchnorm_momentum}')
+        for flag in ('--adaptation-alpha-batch', '--adaptation-alpha-layer'):
+            if getattr(opt, flag[2:].replace('-', '_')) < 0:
+                parser.error(f'{flag} must be 0 or more')
+
+
+def encoder_depth(opt) -> int:
+    """The depth flag that applies to --model-type."""
+    return opt.model_num_layers_vgg if opt.model_type == 'vgg' else opt.model_num_layers
+
+
+def _parse(job: str, description: str, groups, argv):
+    parser = argparse.ArgumentParser(prog=f'{job}.py', description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add_group in groups:
+        add_group(parser)
+    opt = parser.parse_args(argv)
+    _check(parser, opt, job)
+    return opt
+
+
+def parse_training_arguments(argv=None) -> argparse.Namespace:
+    return _parse('train', 'Pre-train a segmentation network on a labelled source domain.',
+                  (_add_system, _add_model, _add_segmentation_validation, _add_segmentation_training,
+                   _add_training), argv)
+
+
+def parse_adaptation_arguments(argv=None) -> argparse.Namespace:
+    return _parse('adapt', "Adapt the encoder's BatchNorm statistics on unlabelled target images (UBNA).",
+                  (_add_system, _add_model, _add_segmentation_validation, _add_training, _add_adaptation), argv)
+
+
+def parse_evaluation_arguments(argv=None) -> argparse.Namespace:
+    return _parse('evaluate', 'Report mIoU of a checkpoint on the segmentation validation sets.',
+                  (_add_system, _add_model, _add_segmentation_validation), argv)

@@ -1,0 +1,31 @@
+"""The one error type for bad user input, reported as a single sentence."""
+import sys
+
+_WORKER_MARKER = 'UserError: '
+
+
+class UserError(Exception):
+    """An input problem (file, key, flag) reported to the user as one sentence."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def user_message(exc: BaseException) -> str:
+    """The sentence of a UserError, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(exc)
+    if 'Original Traceback' in text and _WORKER_MARKER in text:
+        return text.rsplit(_WORKER_MARKER, 1)[1].strip()
+    return text
+
+
+def run_cli(main) -> None:
+    """Run an entry point; bad input ends with `error: <sentence>` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as error:
+        print(f'error: {user_message(error)}', file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,62 @@
+"""Segmentation metrics of spec §8: confusion matrix on the device, IoU, mean class accuracy, remaps."""
+import torch
+
+NUM_CLASSES = 19
+
+# Train ids kept by each remap, in their new order (spec §8); 'none' keeps all 19.
+REMAPS = {
+    'none': tuple(range(NUM_CLASSES)),
+    'synthia_16': (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
+    'synthia_13': (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
+}
+
+
+def remapped_prediction(logits: torch.Tensor, remap: str) -> torch.Tensor:
+    """Argmax over the logit channels a remap keeps (all 20 for 'none', so class 19 can win)."""
+    if remap == 'none':
+        return logits.argmax(1)
+    kept = torch.tensor(REMAPS[remap], device=logits.device)
+    return logits.index_select(1, kept).argmax(1)
+
+
+def remapped_label(label: torch.Tensor, remap: str) -> torch.Tensor:
+    """Train ids renumbered to a remap's order; dropped classes become 255."""
+    if remap == 'none':
+        return label
+    table = torch.full((256,), 255, dtype=torch.long, device=label.device)
+    table[torch.tensor(REMAPS[remap], device=label.device)] = torch.arange(len(REMAPS[remap]), device=label.device)
+    return table[label.clamp(0, 255)]
+
+
+class ConfusionMatrix:
+    """Accumulates an n×n confusion matrix (rows: label, columns: prediction) with one bincount per batch."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = 'cpu'):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    def update(self, label: torch.Tensor, prediction: torch.Tensor) -> None:
+        """Count pixels whose label and prediction are both < n (quirk: a prediction ≥ n is not counted)."""
+        n = self.num_classes
+        label, prediction = label.reshape(-1).long(), prediction.reshape(-1).long()
+        valid = (label >= 0) & (label < n) & (prediction >= 0) & (prediction < n)
+        codes = label[valid] * n + prediction[valid]
+        self.matrix += torch.bincount(codes, minlength=n * n).reshape(n, n)
+
+    def iou(self) -> torch.Tensor:
+        """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from labels and predictions."""
+        matrix = self.matrix.double()
+        true_positives = matrix.diag()
+        union = matrix.sum(0) + matrix.sum(1) - true_positives
+        return true_positives / union
+
+    def class_accuracy(self) -> torch.Tensor:
+        """Per-class accuracy TP / (TP + FN); NaN for a class absent from the labels."""
+        matrix = self.matrix.double()
+        return matrix.diag() / matrix.sum(1)
+
+    def miou(self) -> float:
+        return torch.nanmean(self.iou()).item()
+
+    def mean_accuracy(self) -> float:
+        return torch.nanmean(self.class_accuracy()).item()

@@ -1,0 +1,116 @@
+"""Torchvision VGG-bn and ResNet encoders returning five feature maps at strides 2, 4, 8, 16, 32 (spec §5)."""
+import os
+import urllib.parse
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from dataloader.errors import UserError, first_line
+
+ENCODER_DEPTHS = {'vgg': (11, 13, 16, 19), 'resnet': (18, 34, 50, 101, 152)}
+DEPTH_FLAGS = {'vgg': '--model-num-layers-vgg', 'resnet': '--model-num-layers'}
+
+
+def torchvision_name(model_type: str, num_layers: int) -> str:
+    """The torchvision model name, e.g. 'vgg16_bn' or 'resnet18'."""
+    return f'vgg{num_layers}_bn' if model_type == 'vgg' else f'resnet{num_layers}'
+
+
+def imagenet_state_dict(name: str) -> dict:
+    """The ImageNet weights of torchvision model `name`, from the torch hub cache or downloaded into it."""
+    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1  # what pretrained=True meant in the reference
+    file_name = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    was_cached = os.path.isfile(os.path.join(folder, file_name))
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as exc:  # download and torch.load fail in many ways; all mean the same to the user
+        if was_cached:
+            raise UserError(f'the ImageNet weights file {os.path.join(folder, file_name)} cannot be read '
+                            f'({first_line(exc)}); delete it to download it again, or use '
+                            f'--train-weights-init scratch') from exc
+        raise UserError(f'the ImageNet weights {file_name} are not in the torch hub folder {folder} and '
+                        f'downloading them from {weights.url} failed ({first_line(exc)}); place the file there '
+                        f'or use --train-weights-init scratch') from exc
+
+
+def _headless_vgg(num_layers: int) -> nn.Module:
+    """torchvision's VGG-bn without avgpool and classifier, never materialising the ~120 M classifier weights."""
+    with torch.device('meta'):
+        vgg = torchvision.models.get_model(torchvision_name('vgg', num_layers), weights=None)
+    del vgg.avgpool, vgg.classifier
+    vgg.to_empty(device='cpu')
+    for module in vgg.features.modules():  # torchvision's initialisation of the features
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()
+    return vgg
+
+
+def _headless_resnet(num_layers: int) -> nn.Module:
+    """torchvision's ResNet without avgpool and fc."""
+    resnet = torchvision.models.get_model(torchvision_name('resnet', num_layers), weights=None)
+    del resnet.avgpool, resnet.fc
+    return resnet
+
+
+def _load_imagenet(backbone: nn.Module, name: str) -> None:
+    """Copy the ImageNet weights into a headless backbone, dropping the classifier tensors."""
+    state = imagenet_state_dict(name)
+    backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(('classifier.', 'fc.'))})
+
+
+class VggEncoder(nn.Module):
+    """VGG-bn features split after each max-pool; `encoder.conv1..conv5` alias the slices (published keys)."""
+
+    def __init__(self, vgg: nn.Module):
+        super().__init__()
+        self.encoder = vgg
+        features = vgg.features
+        ends = [i + 1 for i, module in enumerate(features) if isinstance(module, nn.MaxPool2d)]
+        for stage, (start, end) in enumerate(zip([0] + ends[:-1], ends), start=1):
+            setattr(vgg, f'conv{stage}', nn.Sequential(*features[start:end]))
+        self.stages = [getattr(vgg, f'conv{stage}') for stage in range(1, 6)]
+        self.channels = (64, 128, 256, 512, 512)
+
+    def forward(self, x: torch.Tensor) -> list:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class ResnetEncoder(nn.Module):
+    """ResNet stages conv1-bn1-relu, maxpool+layer1, layer2, layer3, layer4."""
+
+    def __init__(self, resnet: nn.Module, num_layers: int):
+        super().__init__()
+        self.encoder = resnet
+        self.channels = (64, 256, 512, 1024, 2048) if num_layers > 34 else (64, 64, 128, 256, 512)
+
+    def forward(self, x: torch.Tensor) -> list:
+        net = self.encoder
+        x0 = net.relu(net.bn1(net.conv1(x)))
+        x1 = net.layer1(net.maxpool(x0))
+        x2 = net.layer2(x1)
+        x3 = net.layer3(x2)
+        return [x0, x1, x2, x3, net.layer4(x3)]
+
+
+def build_encoder(model_type: str, num_layers: int, weights_init: str) -> nn.Module:
+    """A VggEncoder or ResnetEncoder, ImageNet-initialised ('pretrained') or random ('scratch')."""
+    if model_type not in ENCODER_DEPTHS:
+        raise UserError(f'--model-type {model_type} is not supported; choose resnet or vgg')
+    if num_layers not in ENCODER_DEPTHS[model_type]:
+        depths = ', '.join(map(str, ENCODER_DEPTHS[model_type]))
+        raise UserError(f'{DEPTH_FLAGS[model_type]} {num_layers} is not available for {model_type}; choose {depths}')
+    if weights_init not in ('pretrained', 'scratch'):
+        raise UserError(f'--train-weights-init {weights_init} is not supported; choose pretrained or scratch')
+    backbone = _headless_vgg(num_layers) if model_type == 'vgg' else _headless_resnet(num_layers)
+    if weights_init == 'pretrained':
+        _load_imagenet(backbone, torchvision_name(model_type, num_layers))
+    return VggEncoder(backbone) if model_type == 'vgg' else ResnetEncoder(backbone, num_layers)

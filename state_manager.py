@@ -1,0 +1,292 @@
+"""The state of a run: model, Adam and StepLR, saved to and restored from checkpoint folders (spec §1, §6);
+and the run around it: device, seeding, torchrun processes, the experiment folder and its files."""
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from dataloader.errors import UserError, first_line
+from dataloader.paths import checkpoint_root
+from models.encoders import DEPTH_FLAGS
+from models.ubna import build_model
+
+ENCODER_PREFIX = 'common.encoder.encoder.'
+UNUSED_HEAD_PREFIXES = (ENCODER_PREFIX + 'classifier.', ENCODER_PREFIX + 'fc.')  # ImageNet heads, never used
+MAX_LISTED_KEYS = 3
+PICKLED_CODE_ERRORS = r'GLOBAL|unrecognized function|Can only create new object'  # torch's weights_only refusals
+
+
+def read_torch_file(path: str) -> object:
+    """torch.load(weights_only=True) onto the CPU; unreadable files and pickled code become a UserError."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if re.search(PICKLED_CODE_ERRORS, str(exc)):
+            raise UserError(f'{path} holds pickled code besides tensors, which is refused for safety') from exc
+        raise UserError(f'{path} is not a readable PyTorch file ({first_line(exc)})') from exc
+    except Exception as exc:  # a corrupt file fails in many ways (EOFError, KeyError, RuntimeError, ...)
+        raise UserError(f'{path} is not a readable PyTorch file ({first_line(exc)})') from exc
+
+
+def load_model_state(path: str) -> dict:
+    """The state_dict stored in `path` (published layouts included), checked to map names to tensors."""
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f'{path} does not hold a model state_dict (a mapping of names to tensors)')
+    return state
+
+
+def describe_architecture(state: dict) -> str | None:
+    """'vgg16', 'resnet50', ... as read from the encoder keys of a state_dict; None when unrecognisable."""
+    def matches(pattern: str, key: str) -> bool:
+        return re.fullmatch(re.escape(ENCODER_PREFIX) + pattern, key) is not None
+
+    def count(pattern: str) -> int:
+        return sum(1 for key, value in state.items() if matches(pattern, key) and value.dim() == 4)
+
+    vgg_convs = max(count(r'features\.\d+\.weight'), count(r'conv[1-5]\.\d+\.weight'))  # either name of the aliases
+    if vgg_convs:
+        return f'vgg{vgg_convs + 3}'  # + the three classifier layers
+    blocks = count(r'layer\d\.\d+\.conv1\.weight')
+    if blocks:
+        convs_per_block = 3 if any(matches(r'layer\d\.\d+\.conv3\.weight', key) for key in state) else 2
+        return f'resnet{2 + convs_per_block * blocks}'  # + stem conv and fc
+    return None
+
+
+def _listing(kind: str, items: list) -> str:
+    shown = ', '.join(items[:MAX_LISTED_KEYS]) + (', ...' if len(items) > MAX_LISTED_KEYS else '')
+    return f'{len(items)} {kind} ({shown})'
+
+
+def restore_model(model: nn.Module, state: dict, path: str) -> None:
+    """Copy `state` into the UBNA model; aliased VGG keys may appear once or twice, ImageNet heads are ignored."""
+    expected = f'{model.model_type}{model.num_layers}'
+    found = describe_architecture(state)
+    if found is not None and found != expected:
+        if not found.startswith(model.model_type):
+            raise UserError(f'{path} holds a {found}, but --model-type is {model.model_type}')
+        raise UserError(f'{path} holds a {found}, but {DEPTH_FLAGS[model.model_type]} is {model.num_layers}')
+    targets = model.state_dict(keep_vars=True)
+    aliases = {}  # one entry per tensor, listing every key that names it
+    for key, tensor in targets.items():
+        aliases.setdefault(id(tensor), []).append(key)
+    to_load, missing, mismatched = {}, [], []
+    for keys in aliases.values():
+        source = next((key for key in keys if key in state), None)
+        if source is None:
+            missing.append(keys[0])
+        elif state[source].shape != targets[keys[0]].shape:
+            mismatched.append(f'{source} {list(state[source].shape)} vs {list(targets[keys[0]].shape)}')
+        else:
+            to_load.update((key, state[source]) for key in keys)
+    unknown = [key for key in state if key not in targets and not key.startswith(UNUSED_HEAD_PREFIXES)]
+    if missing or mismatched or unknown:
+        problems = [_listing(kind, items) for kind, items in
+                    (('missing keys', missing), ('shape mismatches (file vs model)', mismatched),
+                     ('unknown keys', unknown)) if items]
+        raise UserError(f'{path} does not fit the {expected} network: {"; ".join(problems)}')
+    model.load_state_dict(to_load)
+
+
+def _warn(message: str) -> None:
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def _save_synced(obj: object, path: str) -> None:
+    with open(path, 'wb') as file:
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_folder(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class StateManager:
+    """Builds the model, Adam and StepLR; keeps step and epoch; saves and loads checkpoint folders."""
+
+    def __init__(self, model_type: str, num_layers: int, weights_init: str, learning_rate: float = 1e-4,
+                 weight_decay: float = 0.0, scheduler_step_size: int = 15, scheduler_gamma: float | None = None,
+                 device: str | torch.device = 'cpu'):
+        self.device = torch.device(device)
+        self.model = build_model(model_type, num_layers, weights_init).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        gamma = learning_rate if scheduler_gamma is None else scheduler_gamma  # spec §6 quirk: gamma = learning rate
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, scheduler_step_size, gamma)
+        self.step = 0
+        self.epoch = 0
+
+    def save(self, experiment_dir: str, name: str) -> str:
+        """Write experiment_dir/checkpoints/<name>/{model,optim,scheduler,train}.pth as a whole; return the folder."""
+        checkpoints = os.path.join(experiment_dir, 'checkpoints')
+        os.makedirs(checkpoints, exist_ok=True)
+        target = os.path.join(checkpoints, name)
+        staging = os.path.join(checkpoints, f'.{name}.{uuid.uuid4().hex}.tmp')  # renamed into place when complete
+        os.mkdir(staging)
+        try:
+            _save_synced(self.model.state_dict(), os.path.join(staging, 'model.pth'))
+            _save_synced(self.optimizer.state_dict(), os.path.join(staging, 'optim.pth'))
+            _save_synced(self.scheduler.state_dict(), os.path.join(staging, 'scheduler.pth'))
+            _save_synced({'step': self.step, 'epoch': self.epoch}, os.path.join(staging, 'train.pth'))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if os.path.isdir(target):  # swap whole folders; the old one is deleted only once the new one is in place
+            retired = staging + '.old'
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+        _fsync_folder(checkpoints)
+        return target
+
+    def load(self, folder: str, weights_only: bool = False) -> None:
+        """Restore from a checkpoint folder relative to UBNA_DIR_CHECKPOINT; weights_only loads model.pth alone."""
+        full = os.path.join(checkpoint_root(), folder)
+        if not os.path.isdir(full):
+            raise UserError(f'the checkpoint folder {folder} does not exist in UBNA_DIR_CHECKPOINT ({full})')
+        model_path = os.path.join(full, 'model.pth')
+        if not os.path.isfile(model_path):
+            raise UserError(f'the checkpoint folder {folder} holds no model.pth ({model_path})')
+        restore_model(self.model, load_model_state(model_path), model_path)
+        if weights_only:
+            return
+        self._load_optimizer(os.path.join(full, 'optim.pth'))
+        self._load_scheduler(os.path.join(full, 'scheduler.pth'))
+        self._load_training(os.path.join(full, 'train.pth'))
+
+    def _load_optimizer(self, path: str) -> None:
+        if not os.path.isfile(path):
+            _warn(f'{path} not found, the optimiser starts afresh')
+            return
+        try:
+            self.optimizer.load_state_dict(read_torch_file(path))
+        except (ValueError, KeyError, TypeError) as exc:  # as the reference: an optimiser of another setup is skipped
+            _warn(f'{path} does not fit this model ({first_line(exc)}), the optimiser starts afresh')
+
+    def _load_scheduler(self, path: str) -> None:
+        if not os.path.isfile(path):
+            _warn(f'{path} not found, the learning-rate schedule starts afresh')
+            return
+        state = read_torch_file(path)
+        if not isinstance(state, dict):
+            raise UserError(f'{path} does not hold a learning-rate scheduler state')
+        self.scheduler.load_state_dict(state)
+
+    def _load_training(self, path: str) -> None:
+        if not os.path.isfile(path):
+            _warn(f'{path} not found, step and epoch start at 0')
+            return
+        state = read_torch_file(path)
+        if not (isinstance(state, dict) and isinstance(state.get('step'), int) and isinstance(state.get('epoch'), int)):
+            raise UserError(f"{path} does not hold {{'step': int, 'epoch': int}}")
+        self.step, self.epoch = state['step'], state['epoch']
+
+# ---------------------------------------------------------------------------------------------
+# The run around the state: device, seeding, torchrun processes, the experiment folder.
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its device, its rank among `world_size` torchrun processes."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def seed_everything(seed: int = 1) -> None:
+    """Best-effort determinism as in the reference: seed every generator, deterministic cuDNN."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def setup_runtime(use_cpu: bool, deterministic: bool) -> Runtime:
+    """Pick the device, join the torchrun process group when launched by torchrun, seed if asked."""
+    use_cuda = torch.cuda.is_available() and not use_cpu
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device('cuda', local_rank)
+    else:
+        device = torch.device('cpu')
+    if world_size > 1:
+        dist.init_process_group('nccl' if use_cuda else 'gloo')
+    if deterministic:
+        seed_everything(1)
+    elif use_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    return Runtime(device, rank, world_size)
+
+
+def teardown_runtime(runtime: Runtime) -> None:
+    """Leave the process group cleanly (a barrier first: gloo can abort when a peer exits early)."""
+    if runtime.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def experiment_dir(experiment_class: str, model_name: str) -> str:
+    """$UBNA_DIR_CHECKPOINT/<experiment-class>/<model-name>, created if missing."""
+    path = os.path.join(checkpoint_root(), experiment_class, model_name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_atomically(path: str, write) -> None:
+    """Call write(temporary_path), then rename over `path`: readers never see half a file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(prefix=f'.{name}.', suffix=os.path.splitext(name)[1], dir=folder)
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_json(path: str, data) -> None:
+    """Write `data` as indented JSON, atomically."""
+    def dump(temporary):
+        with open(temporary, 'w') as file:
+            json.dump(data, file, indent=2)
+            file.write('\n')
+    write_atomically(path, dump)
+
+
+def save_options(opt, folder: str) -> None:
+    """Store every parsed option as opt.json in the experiment folder."""
+    write_json(os.path.join(folder, 'opt.json'), vars(opt))

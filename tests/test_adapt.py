@@ -1,0 +1,87 @@
+"""UBNA / UBNA+ / baselines against the closed-form recursion of spec §7 on fixed batches."""
+import copy
+import math
+
+import pytest
+import torch
+
+from adapt import adapt_batchnorm
+from models.ubna import build_model, encoder_batchnorm_layers
+
+
+def batch_statistics(model, batches):
+    """Per batch, per encoder BatchNorm layer: (mean, unbiased variance) of the layer's input."""
+    model = copy.deepcopy(model).train()
+    layers = encoder_batchnorm_layers(model)
+    current = {}
+    hooks = [layer.register_forward_hook(
+        lambda module, inputs, output, name=name: current.__setitem__(
+            name, (inputs[0].double().mean((0, 2, 3)), inputs[0].double().var((0, 2, 3), unbiased=True))))
+        for name, layer in layers]
+    statistics = []
+    with torch.no_grad():
+        for images in batches:
+            model(images)
+            statistics.append(dict(current))
+    for hook in hooks:
+        hook.remove()
+    return statistics
+
+
+def expected_momentum(mode, k, l, m0=0.1, alpha_batch=0.0, alpha_layer=0.0):
+    if mode == 'none':
+        return m0
+    if mode == 'batch_shrinking':
+        return m0 * math.exp(-alpha_batch * k)
+    return m0 * math.exp(-alpha_batch * k) * math.exp(-alpha_layer * l)
+
+
+@pytest.mark.parametrize('model_type, depth, mode', [
+    ('resnet', 18, 'batch_shrinking'),
+    ('resnet', 18, 'layer_shrinking'),
+    ('vgg', 11, 'layer_shrinking'),
+    ('resnet', 18, 'none'),
+])
+def test_running_statistics_follow_the_closed_form(model_type, depth, mode):
+    torch.manual_seed(0)
+    model = build_model(model_type, depth, 'scratch')
+    source = {name: (layer.running_mean.double().clone(), layer.running_var.double().clone())
+              for name, layer in encoder_batchnorm_layers(model)}
+    for name, layer in encoder_batchnorm_layers(model):  # non-trivial source statistics
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+        source[name] = (layer.running_mean.double().clone(), layer.running_var.double().clone())
+    parameters = {name: p.clone() for name, p in model.named_parameters()}
+    batches = [torch.randn(3, 3, 64, 64) * (1 + k) + k for k in range(4)]
+    statistics = batch_statistics(model, batches)
+    alpha_batch, alpha_layer, m0 = 0.3, 0.2, 0.1
+
+    rows = adapt_batchnorm(model, batches, mode, m0, alpha_batch, alpha_layer, torch.device('cpu'),
+                           show_progress=False)
+
+    layers = encoder_batchnorm_layers(model)
+    assert len(rows) == len(batches) * len(layers)
+    for l, (name, layer) in enumerate(layers, start=1):
+        mean, var = source[name]
+        for k, batch in enumerate(statistics):
+            m = expected_momentum(mode, k, l, m0, alpha_batch, alpha_layer)
+            assert rows[k * len(layers) + l - 1][3] == pytest.approx(m, rel=1e-12)
+            mean = (1 - m) * mean + m * batch[name][0]
+            var = (1 - m) * var + m * batch[name][1]
+        torch.testing.assert_close(layer.running_mean.double(), mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.running_var.double(), var, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, parameters[name]), f'{name} changed during adaptation'
+
+
+def test_target_only_replaces_source_statistics_by_the_target_average():
+    torch.manual_seed(0)
+    model = build_model('resnet', 18, 'scratch')
+    batches = [torch.randn(2, 3, 64, 64) + k for k in range(3)]
+    statistics = batch_statistics(model, batches)
+    adapt_batchnorm(model, batches, 'target_only', 0.1, 0.0, 0.0, torch.device('cpu'), show_progress=False)
+    for name, layer in encoder_batchnorm_layers(model):
+        expected_mean = sum(s[name][0] for s in statistics) / len(statistics)
+        expected_var = sum(s[name][1] for s in statistics) / len(statistics)
+        torch.testing.assert_close(layer.running_mean.double(), expected_mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.running_var.double(), expected_var, rtol=1e-5, atol=1e-5)

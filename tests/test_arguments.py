@@ -1,0 +1,80 @@
+"""Flags of spec §9: names, defaults, and one clear message per bad value."""
+import pytest
+
+from arguments import (encoder_depth, parse_adaptation_arguments, parse_evaluation_arguments,
+                       parse_training_arguments)
+
+
+def test_training_defaults_match_the_spec():
+    opt = parse_training_arguments([])
+    assert (opt.sys_cpu, opt.sys_num_workers, opt.sys_best_effort_determinism) == (False, 3, False)
+    assert (opt.model_type, opt.model_num_layers, opt.model_num_layers_vgg) == ('resnet', 18, 16)
+    assert (opt.experiment_class, opt.model_name, opt.model_load) == ('iccv_experiments', 'ubna', None)
+    assert (opt.segmentation_validation_resize_height, opt.segmentation_validation_resize_width) == (512, 1024)
+    assert opt.segmentation_validation_loaders == 'cityscapes_validation'
+    assert (opt.segmentation_validation_batch_size, opt.segmentation_eval_num_images) == (1, 20)
+    assert opt.segmentation_eval_remaps == 'none'
+    assert (opt.segmentation_training_loaders, opt.segmentation_training_batch_size) == ('cityscapes_train', 6)
+    assert (opt.segmentation_resize_height, opt.segmentation_resize_width) == (512, 1024)
+    assert (opt.segmentation_crop_height, opt.segmentation_crop_width) == (192, 640)
+    assert (opt.train_batches_per_epoch, opt.train_num_epochs, opt.train_checkpoint_frequency) == (9645, 20, 5)
+    assert (opt.train_tb_frequency, opt.train_print_frequency) == (500, 2500)
+    assert (opt.train_learning_rate, opt.train_scheduler_step_size, opt.train_weight_decay) == (1e-4, 15, 0)
+    assert opt.train_scheduler_gamma is None and opt.train_weights_init == 'pretrained'
+
+
+def test_adaptation_defaults_match_the_spec():
+    opt = parse_adaptation_arguments([])
+    assert opt.adaptation_training_loaders == 'kitti_kitti_train'
+    assert (opt.adaptation_training_batch_size, opt.adaptation_num_batches) == (6, 50)
+    assert (opt.adaptation_resize_height, opt.adaptation_resize_width) == (192, 640)
+    assert (opt.adaptation_crop_height, opt.adaptation_crop_width) == (192, 640)
+    assert opt.adaptation_mode_sequential == 'none'
+    assert (opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, opt.adaptation_batchnorm_momentum) == (0.1, 0.1, 0.1)
+    assert opt.adaptation_xlsx_frequency == 1
+    assert not hasattr(opt, 'segmentation_training_loaders')  # adapt.py has no segmentation training group
+
+
+def test_evaluation_accepts_only_its_groups_and_needs_model_load(capsys):
+    opt = parse_evaluation_arguments(['--model-load', 'a/checkpoints/epoch_1', '--model-type', 'vgg'])
+    assert encoder_depth(opt) == 16 and not hasattr(opt, 'train_learning_rate')
+    with pytest.raises(SystemExit):
+        parse_evaluation_arguments([])
+    assert '--model-load is required' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_evaluation_arguments(['--model-load', 'x', '--adaptation-num-batches', '3'])
+
+
+@pytest.mark.parametrize('parse, argv, message', [
+    (parse_training_arguments, ['--segmentation-crop-height', '100'],
+     '--segmentation-crop-height must be a positive multiple of 32, got 100'),
+    (parse_training_arguments, ['--segmentation-crop-width', '2048'], 'must not exceed'),
+    (parse_training_arguments, ['--segmentation-training-batch-size', '0'],
+     '--segmentation-training-batch-size must be at least 1, got 0'),
+    (parse_training_arguments, ['--segmentation-training-loaders', 'gta6_train'], 'gta6_train'),
+    (parse_training_arguments, ['--segmentation-validation-resize-height', '500'], 'multiple of 32'),
+    (parse_training_arguments, ['--train-scheduler-gamma', '2'], '--train-scheduler-gamma must be in (0, 1]'),
+    (parse_adaptation_arguments, ['--adaptation-batchnorm-momentum', '0'],
+     '--adaptation-batchnorm-momentum must be in (0, 1]'),
+    (parse_adaptation_arguments, ['--adaptation-batchnorm-momentum', '1.5'], 'must be in (0, 1]'),
+    (parse_adaptation_arguments, ['--adaptation-alpha-batch', '-0.1'], '--adaptation-alpha-batch must be 0 or more'),
+    (parse_adaptation_arguments, ['--adaptation-alpha-layer', '-1'], '--adaptation-alpha-layer must be 0 or more'),
+    (parse_adaptation_arguments, ['--adaptation-num-batches', '0'], '--adaptation-num-batches must be at least 1'),
+    (parse_adaptation_arguments, ['--adaptation-training-loaders', 'kitti_train'], 'kitti_kitti_train'),
+    (parse_evaluation_arguments, ['--model-load', 'x', '--segmentation-eval-remaps', 'synthia_12'],
+     'unknown remap synthia_12'),
+    (parse_evaluation_arguments, ['--model-load', 'x', '--segmentation-validation-loaders', 'kitti'],
+     'cityscapes_validation'),
+])
+def test_bad_values_end_with_one_clear_message(parse, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if 'error:' in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+def test_target_only_and_gamma_are_our_additions():
+    opt = parse_adaptation_arguments(['--adaptation-mode-sequential', 'target_only'])
+    assert opt.adaptation_mode_sequential == 'target_only'
+    assert parse_training_arguments(['--train-scheduler-gamma', '0.1']).train_scheduler_gamma == 0.1

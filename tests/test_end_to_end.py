@@ -1,0 +1,151 @@
+"""Train a few steps → adapt with every mode → evaluate, through the real command lines on synthetic data."""
+import csv
+import glob
+import json
+import os
+
+import cv2
+import pytest
+import torch
+
+from tests.conftest import run_script
+
+SMALL_MODEL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
+               '--experiment-class', 'e2e', '--segmentation-validation-resize-height', '64',
+               '--segmentation-validation-resize-width', '128']
+TRAIN = ['--train-weights-init', 'scratch', '--segmentation-training-loaders', 'gta5_train',
+         '--segmentation-training-batch-size', '2', '--segmentation-resize-height', '96',
+         '--segmentation-resize-width', '192', '--segmentation-crop-height', '64', '--segmentation-crop-width', '128',
+         '--train-batches-per-epoch', '2', '--train-num-epochs', '2', '--train-checkpoint-frequency', '1',
+         '--train-tb-frequency', '1', '--train-print-frequency', '1']
+# cityscapes_sequence_train crops (h*320//512, w): h = 103 gives a 64-row network input
+ADAPT = ['--adaptation-training-loaders', 'cityscapes_sequence_train', '--adaptation-training-batch-size', '4',
+         '--adaptation-num-batches', '5', '--adaptation-resize-height', '103', '--adaptation-resize-width', '128',
+         '--adaptation-alpha-batch', '0.08', '--adaptation-alpha-layer', '0.03']
+MODES = ('none', 'batch_shrinking', 'layer_shrinking', 'target_only')
+
+
+@pytest.fixture(scope='module')
+def trained(synthetic_root, tmp_path_factory):
+    checkpoints = str(tmp_path_factory.mktemp('checkpoints'))
+    result = run_script('train.py', SMALL_MODEL + TRAIN + ['--model-name', 'source'], synthetic_root, checkpoints)
+    return checkpoints, result
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_training_writes_checkpoints_logs_and_options(trained):
+    checkpoints, result = trained
+    folder = os.path.join(checkpoints, 'e2e', 'source')
+    for epoch in (1, 2):
+        names = sorted(os.listdir(os.path.join(folder, 'checkpoints', f'epoch_{epoch}')))
+        assert names == ['model.pth', 'optim.pth', 'scheduler.pth', 'train.pth']
+    assert load(os.path.join(folder, 'checkpoints', 'epoch_2', 'train.pth')) == {'step': 4, 'epoch': 2}
+    # the reference's quirk: StepLR gamma = learning rate
+    assert load(os.path.join(folder, 'checkpoints', 'epoch_2', 'scheduler.pth'))['gamma'] == pytest.approx(1e-4)
+    options = json.load(open(os.path.join(folder, 'opt.json')))
+    assert options['train_batches_per_epoch'] == 2 and options['model_name'] == 'source'
+    for part in ('train', 'validation', 'images'):
+        assert glob.glob(os.path.join(folder, part, 'events.out.tfevents.*')), part
+    assert result.stdout.count('eval_name    | domain') == 2  # validation after each epoch
+    assert 'source       | cityscapes' in result.stdout
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_adaptation_changes_only_encoder_batchnorm_statistics(trained, synthetic_root, mode):
+    checkpoints, _ = trained
+    name = f'adapt_{mode}'
+    result = run_script('adapt.py', SMALL_MODEL + ADAPT + [
+        '--model-name', name, '--model-load', 'e2e/source/checkpoints/epoch_2', '--adaptation-mode-sequential', mode],
+        synthetic_root, checkpoints)
+    folder = os.path.join(checkpoints, 'e2e', name)
+    assert 'Adaptation of 5 batches completed' in result.stdout
+    source = load(os.path.join(checkpoints, 'e2e', 'source', 'checkpoints', 'epoch_2', 'model.pth'))
+    adapted = load(os.path.join(folder, 'checkpoints', 'batch_5', 'model.pth'))
+    assert source.keys() == adapted.keys()
+    changed = {key for key in source if not torch.equal(source[key], adapted[key])}
+    assert changed, 'no statistic changed'
+    assert all(key.startswith('common.encoder.') and key.endswith(('running_mean', 'running_var',
+                                                                     'num_batches_tracked')) for key in changed)
+    with open(os.path.join(folder, 'momenta.csv')) as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 5 * 20  # 5 batches × 20 BatchNorm layers of ResNet-18
+    last = rows[-1]
+    assert (last['batch'], last['layer'], last['name']) == ('4', '20', 'common.encoder.encoder.layer4.1.bn2')
+    expected = {'none': 0.1, 'batch_shrinking': 0.1 * 2.718281828 ** (-0.08 * 4),
+                'layer_shrinking': 0.1 * 2.718281828 ** (-0.08 * 4 - 0.03 * 20)}
+    if mode == 'target_only':
+        assert last['momentum'] == ''
+    else:
+        assert float(last['momentum']) == pytest.approx(expected[mode], rel=1e-6)
+    assert glob.glob(os.path.join(folder, 'train', 'events.out.tfevents.*'))
+
+
+def test_evaluation_prints_tables_and_writes_results_and_images(trained, synthetic_root):
+    checkpoints, _ = trained
+    result = run_script('evaluate.py', SMALL_MODEL + [
+        '--model-name', 'eval_source', '--model-load', 'e2e/source/checkpoints/epoch_2',
+        '--segmentation-eval-remaps', 'none,synthia_16,synthia_13', '--segmentation-eval-num-images', '2'],
+        synthetic_root, checkpoints)
+    lines = result.stdout.splitlines()
+    header = lines.index('eval_name    | domain               | remap    |     miou | accuracy')
+    rows = [line.split('|') for line in lines[header + 1:header + 4]]
+    assert [row[2].strip() for row in rows] == ['none', 'synthia_16', 'synthia_13']
+    folder = os.path.join(checkpoints, 'e2e', 'eval_source')
+    results = json.load(open(os.path.join(folder, 'results.json')))
+    for row in rows:
+        remap = results['domains']['cityscapes'][row[2].strip()]
+        assert float(row[3]) == pytest.approx(remap['miou'], abs=5e-4)
+        assert len(remap['iou']) == {'none': 19, 'synthia_16': 16, 'synthia_13': 13}[row[2].strip()]
+    assert 'road' in result.stdout and 'bicycle' in result.stdout  # the per-class table
+    images = sorted(os.listdir(os.path.join(folder, 'eval_images', 'cityscapes')))
+    assert images == ['img_0.png', 'img_1.png']
+    strip = cv2.imread(os.path.join(folder, 'eval_images', 'cityscapes', 'img_0.png'))
+    assert strip.shape == (64, 3 * 128, 3)  # image | prediction | label
+
+
+def test_adapt_and_evaluate_are_deterministic_with_workers(trained, synthetic_root):
+    checkpoints, _ = trained
+    outputs = []
+    for run in range(2):
+        common = SMALL_MODEL[:-6] + ['--sys-num-workers', '2', '--sys-best-effort-determinism',
+                                     '--experiment-class', 'determinism'] + SMALL_MODEL[-4:]
+        run_script('adapt.py', common + ADAPT + [
+            '--model-name', f'adapt_{run}', '--model-load', 'e2e/source/checkpoints/epoch_2',
+            '--adaptation-mode-sequential', 'layer_shrinking'], synthetic_root, checkpoints)
+        run_script('evaluate.py', common + [
+            '--model-name', f'eval_{run}', '--model-load', f'determinism/adapt_{run}/checkpoints/batch_5'],
+            synthetic_root, checkpoints)
+        folder = os.path.join(checkpoints, 'determinism')
+        outputs.append((load(os.path.join(folder, f'adapt_{run}', 'checkpoints', 'batch_5', 'model.pth')),
+                        json.load(open(os.path.join(folder, f'eval_{run}', 'results.json')))['domains']))
+    (first_model, first_results), (second_model, second_results) = outputs
+    assert all(torch.equal(first_model[key], second_model[key]) for key in first_model)
+    assert first_results == second_results
+
+
+def test_missing_environment_and_checkpoint_give_one_sentence(synthetic_root, tmp_path):
+    result = run_script('evaluate.py', SMALL_MODEL + ['--model-load', 'nothing/here'], synthetic_root,
+                        str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: the checkpoint folder nothing/here does not exist')
+    assert result.stderr.count('\n') == 1
+    result = run_script('evaluate.py', SMALL_MODEL + ['--model-load', 'x'], str(tmp_path / 'missing'),
+                        str(tmp_path), check=False)
+    assert result.returncode == 2 and 'export UBNA_DIR_DATASET=' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    checkpoints = str(tmp_path)
+    argv = SMALL_MODEL + TRAIN + ['--model-name', 'diverge', '--train-learning-rate', '1e30',
+                                  '--train-batches-per-epoch', '1', '--train-num-epochs', '3']
+    result = run_script('train.py', argv, synthetic_root, checkpoints, check=False)
+    assert result.returncode == 2, result.stderr
+    folder = os.path.join(checkpoints, 'e2e', 'diverge', 'checkpoints')
+    assert 'training stopped, the last good checkpoint is ' + os.path.join(folder, 'epoch_1') in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('error: the loss became ')  # after the progress bars
+    assert sorted(os.listdir(folder)) == ['epoch_1']
+    assert load(os.path.join(folder, 'epoch_1', 'train.pth')) == {'step': 1, 'epoch': 1}

@@ -1,0 +1,149 @@
+"""Encoders, decoder and the UBNA network: shapes, published keys, BatchNorm order, ImageNet weights loading."""
+import os
+import urllib.error
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from dataloader.errors import UserError
+from models.encoders import build_encoder
+from models.ubna import build_model, encoder_batchnorm_layers
+
+KEYS_DIR = '/work/shared/spec/checkpoint_keys'
+ALL_BACKBONES = [('vgg', 11), ('vgg', 13), ('vgg', 16), ('vgg', 19),
+                 ('resnet', 18), ('resnet', 34), ('resnet', 50), ('resnet', 101), ('resnet', 152)]
+WIDE_RESNETS = (50, 101, 152)
+
+
+def published_shapes(name: str) -> dict:
+    """key -> shape tuple from checkpoint_keys/<name>.txt."""
+    shapes = {}
+    with open(os.path.join(KEYS_DIR, f'{name}.txt')) as file:
+        for line in file:
+            key, shape = line.split()
+            shapes[key] = () if shape == 'scalar' else tuple(int(n) for n in shape.split('x'))
+    return shapes
+
+
+def published_bn_order(name: str) -> list:
+    """(first module name, num_features) per line of checkpoint_keys/<name>_bn_order.txt."""
+    with open(os.path.join(KEYS_DIR, f'{name}_bn_order.txt')) as file:
+        rows = [line.split() for line in file if not line.startswith('#')]
+    return [(names.split(',')[0], int(features)) for _, names, features in rows]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """These small tensors run fastest on one thread, which also cannot stall when another process is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to download weights fails as it would offline."""
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError(f'no network in tests ({url})')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
+
+
+@pytest.fixture
+def hub_checkpoints(tmp_path, monkeypatch):
+    """An empty torch hub cache under a temporary TORCH_HOME; returns its checkpoints folder."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)  # an earlier torch.hub.set_dir would override TORCH_HOME
+    folder = tmp_path / 'hub' / 'checkpoints'
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.mark.parametrize('model_type,num_layers', ALL_BACKBONES)
+def test_forward_shapes(model_type, num_layers):
+    torch.manual_seed(0)
+    model = build_model(model_type, num_layers, 'scratch').train()
+    channels = (64, 256, 512, 1024, 2048) if num_layers in WIDE_RESNETS else model.common.encoder.channels
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = model.common.encoder(x)
+        logits = model(x)
+    assert [tuple(f.shape) for f in features] == [(2, c, 64 // s, 96 // s) for c, s in zip(channels, (2, 4, 8, 16, 32))]
+    assert logits.shape == (2, 20, 64, 96)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize('size', [(64, 80), (48, 64), (32, 64)])
+def test_input_size_must_be_multiple_of_32(size):
+    model = build_model('resnet', 18, 'scratch').eval()
+    with pytest.raises(UserError, match='multiples of 32'):
+        model(torch.zeros(1, 3, *size))
+
+
+@pytest.mark.parametrize('model_type,num_layers,name', [('vgg', 16, 'vgg16'), ('resnet', 18, 'resnet18'),
+                                                        ('resnet', 50, 'resnet50')])
+def test_state_dict_equals_published_keys(model_type, num_layers, name):
+    model = build_model(model_type, num_layers, 'scratch')
+    expected = {k: v for k, v in published_shapes(name).items() if '.classifier.' not in k}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+
+
+@pytest.mark.parametrize('model_type,num_layers,name', [('vgg', 16, 'vgg16'), ('resnet', 18, 'resnet18'),
+                                                        ('resnet', 50, 'resnet50')])
+def test_batchnorm_order_matches_published(model_type, num_layers, name):
+    layers = encoder_batchnorm_layers(build_model(model_type, num_layers, 'scratch'))
+    assert all(isinstance(layer, nn.BatchNorm2d) for _, layer in layers)
+    assert [(name, layer.num_features) for name, layer in layers] == published_bn_order(name)
+
+
+def test_vgg_aliases_share_modules_and_imagenet_heads_are_gone():
+    vgg = build_model('vgg', 16, 'scratch').common.encoder.encoder
+    assert vgg.conv3[7] is vgg.features[21] and vgg.conv5[-1] is vgg.features[43]
+    assert not hasattr(vgg, 'classifier') and not hasattr(vgg, 'avgpool')
+    assert not hasattr(build_model('resnet', 18, 'scratch').common.encoder.encoder, 'fc')
+
+
+def test_pretrained_resnet_loads_file_from_torch_hub_cache(hub_checkpoints):
+    torch.manual_seed(1)
+    imagenet = torchvision.models.resnet18().state_dict()
+    torch.save(imagenet, hub_checkpoints / 'resnet18-f37072fd.pth')  # the name torchvision's weights URL ends in
+    encoder = build_encoder('resnet', 18, 'pretrained')
+    loaded = encoder.encoder.state_dict()
+    assert set(loaded) == {k for k in imagenet if not k.startswith('fc.')}
+    assert all(torch.equal(loaded[k], imagenet[k]) for k in loaded)
+
+
+def test_pretrained_vgg_ignores_classifier_tensors(hub_checkpoints):
+    torch.manual_seed(2)
+    features = build_encoder('vgg', 11, 'scratch').encoder.features.state_dict()
+    imagenet = {f'features.{k}': v for k, v in features.items()}
+    # the ImageNet classifier at its real shapes, stored as expanded scalars to keep the file small
+    for key, shape in [('classifier.0.weight', (4096, 25088)), ('classifier.6.bias', (1000,))]:
+        imagenet[key] = torch.randn(()).expand(shape)
+    torch.save(imagenet, hub_checkpoints / 'vgg11_bn-6002323d.pth')
+    loaded = build_encoder('vgg', 11, 'pretrained').encoder.state_dict()
+    assert all(torch.equal(loaded[k], imagenet[k]) for k in imagenet if k.startswith('features.'))
+
+
+def test_pretrained_without_file_and_network_names_file_folder_and_scratch(hub_checkpoints):
+    with pytest.raises(UserError) as error:
+        build_encoder('resnet', 34, 'pretrained')
+    message = str(error.value)
+    assert 'resnet34-b627a593.pth' in message and str(hub_checkpoints) in message
+    assert '--train-weights-init scratch' in message
+
+
+def test_corrupt_cached_weights_are_reported(hub_checkpoints):
+    (hub_checkpoints / 'resnet18-f37072fd.pth').write_bytes(b'not a torch file')
+    with pytest.raises(UserError, match='resnet18-f37072fd.pth cannot be read'):
+        build_encoder('resnet', 18, 'pretrained')
+
+
+@pytest.mark.parametrize('model_type,num_layers,weights_init,flag', [
+    ('densenet', 18, 'scratch', '--model-type'), ('resnet', 16, 'scratch', '--model-num-layers 16'),
+    ('vgg', 18, 'scratch', '--model-num-layers-vgg 18'), ('resnet', 18, 'imagenet', '--train-weights-init')])
+def test_bad_model_options(model_type, num_layers, weights_init, flag):
+    with pytest.raises(UserError, match=flag):
+        build_model(model_type, num_layers, weights_init)

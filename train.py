@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Pre-train a segmentation network on a labelled source domain (spec §6).
+
+Runs as one process, or under `torchrun --nproc_per_node=K train.py ...` with DistributedDataParallel.
+"""
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from tensorboardX import SummaryWriter
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from arguments import encoder_depth, parse_training_arguments
+from dataloader import loaders
+from dataloader.errors import UserError, run_cli
+from dataloader.paths import check_environment
+from evaluate import evaluate_model, strip, summary_table, validation_loaders_from
+from losses.segmentation import segmentation_loss
+from state_manager import StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime
+
+
+def training_batches(opt, runtime, pin_memory: bool) -> loaders.CyclingLoaders:
+    """--train-batches-per-epoch batches per epoch from every training loader, each cycled."""
+    data_loaders = []
+    for name in opt.segmentation_training_loaders.split(','):
+        dataset = loaders.training_dataset(
+            name, (opt.segmentation_resize_height, opt.segmentation_resize_width),
+            (opt.segmentation_crop_height, opt.segmentation_crop_width))
+        sampler = (DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, drop_last=True)
+                   if runtime.distributed else None)
+        data_loaders.append(loaders.make_loader(dataset, opt.segmentation_training_batch_size, shuffle=True,
+                                                drop_last=True, num_workers=opt.sys_num_workers,
+                                                pin_memory=pin_memory, sampler=sampler))
+    return loaders.CyclingLoaders(data_loaders, opt.train_batches_per_epoch)
+
+
+def distributed_model(model, runtime, sync_batchnorm: bool):
+    """Wrap for DistributedDataParallel under torchrun; the plain model otherwise."""
+    if not runtime.distributed:
+        return model
+    if sync_batchnorm and runtime.device.type == 'cuda':
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def all_finite(loss: torch.Tensor, runtime) -> bool:
+    """Whether the loss is finite on every process (all stop together when one diverges)."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if runtime.distributed:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_checkpoint):
+    """One epoch of weighted cross-entropy steps; logs every --train-tb/print-frequency steps."""
+    model.train()
+    device = runtime.device
+    started, seen = time.time(), 0
+    progress = tqdm(batches, desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', disable=not runtime.is_main)
+    for loader_batches in progress:
+        images = torch.cat([b['input'] for b in loader_batches]).to(device, non_blocking=True)
+        labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        if not all_finite(loss, runtime):
+            raise UserError(f'the loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; '
+                            f'training stopped, the last good checkpoint is {last_checkpoint or "(none yet)"}')
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.step += 1
+        seen += len(images) * runtime.world_size
+        if not runtime.is_main:
+            continue
+        if state.step % opt.train_tb_frequency == 0:
+            writers['train'].add_scalar('loss', loss.item(), state.step)
+            writers['train'].add_scalar('learning_rate', state.optimizer.param_groups[0]['lr'], state.step)
+            picture = strip(loader_batches[0]['image'][0].to(device), logits[0].detach().argmax(0), labels[0])
+            writers['images'].add_image('train/image_prediction_label', picture, state.step)
+        if state.step % opt.train_print_frequency == 0:
+            progress.write(f'epoch {state.epoch + 1} step {state.step}: loss {loss.item():.4f}, '
+                           f'{seen / (time.time() - started):.1f} images/s')
+
+
+def validate(model, validation, remaps, state, opt, writer) -> None:
+    """mIoU on every validation loader, printed and sent to tensorboard."""
+    scores, _ = evaluate_model(model, validation, remaps, next(model.parameters()).device)
+    print(summary_table(opt.model_name, scores), flush=True)
+    for domain, matrices in scores.items():
+        for remap, matrix in matrices.items():
+            writer.add_scalar(f'{domain}/{remap}/miou', matrix.miou(), state.epoch)
+            writer.add_scalar(f'{domain}/{remap}/accuracy', matrix.mean_accuracy(), state.epoch)
+
+
+def main(argv=None) -> StateManager:
+    opt = parse_training_arguments(argv)
+    check_environment()
+    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism)
+    pin_memory = runtime.device.type == 'cuda'
+    folder = experiment_dir(opt.experiment_class, opt.model_name)
+    if runtime.is_main:
+        save_options(opt, folder)
+    state = StateManager(opt.model_type, encoder_depth(opt), opt.train_weights_init, opt.train_learning_rate,
+                         opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
+                         device=runtime.device)
+    if opt.model_load:
+        state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
+    model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
+    batches = training_batches(opt, runtime, pin_memory)
+    validation = validation_loaders_from(opt, pin_memory) if runtime.is_main else []
+    remaps = opt.segmentation_eval_remaps.split(',')
+    loss_fn = segmentation_loss().to(runtime.device)
+    writers = ({part: SummaryWriter(os.path.join(folder, part)) for part in ('train', 'validation', 'images')}
+               if runtime.is_main else {})
+    last_checkpoint = None
+    while state.epoch < opt.train_num_epochs:
+        train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_checkpoint)
+        state.scheduler.step()
+        state.epoch += 1
+        if runtime.is_main:
+            validate(state.model, validation, remaps, state, opt, writers['validation'])
+            if state.epoch % opt.train_checkpoint_frequency == 0 or state.epoch == opt.train_num_epochs:
+                last_checkpoint = state.save(folder, f'epoch_{state.epoch}')
+                print(f'stored {last_checkpoint}', flush=True)
+        if runtime.distributed:
+            dist.barrier()
+    for writer in writers.values():
+        writer.close()
+    teardown_runtime(runtime)
+    return state
+
+
+if __name__ == '__main__':
+    run_cli(main)
