@@ -19,21 +19,25 @@ from state_manager import (StateManager, experiment_dir, save_options, setup_run
 
 
 @torch.no_grad()
-def adapt_batchnorm(model, batches, mode, momentum, alpha_batch, alpha_layer, device, show_progress=True):
+def adapt_batchnorm(model, batches, mode, momentum, alpha_batch, alpha_layer, device, show_progress=True,
+                    num_batches=None, after_batch=None):
     """Forward passes in train mode that refresh the encoder's BatchNorm running statistics.
 
-    `batches` yields network inputs (N×3×H×W). Before batch k every encoder BatchNorm layer l gets
-    the momentum of `mode`. Returns the momenta used: one (batch, layer, name, momentum) row each.
+    `batches` yields network inputs (N×3×H×W), `num_batches` of them if known. Before batch k every
+    encoder BatchNorm layer l gets the momentum of `mode`; `after_batch(k)` is called after batch k
+    (e.g. to evaluate). Returns the momenta used: one (batch, layer, name, momentum) row each.
     """
     batchnorm_layers = encoder_batchnorm_layers(model)
     prepare_batchnorm(mode, batchnorm_layers)
     model.train()
     rows = []
-    for k, images in enumerate(tqdm(batches, desc='adapt', disable=not show_progress)):
+    for k, images in enumerate(tqdm(batches, desc='adapt', total=num_batches, disable=not show_progress)):
         momenta = layer_momenta(mode, k, len(batchnorm_layers), momentum, alpha_batch, alpha_layer)
         set_momenta(batchnorm_layers, momenta)
         rows += [(k, l, name, m) for l, ((name, _), m) in enumerate(zip(batchnorm_layers, momenta), start=1)]
         model(images.to(device, non_blocking=True))
+        if after_batch is not None:
+            after_batch(k)
     return rows
 
 
@@ -54,15 +58,13 @@ def log_momenta(writer: SummaryWriter, rows) -> None:
             writer.add_scalar(f'momentum/layer_{l:02d}', m, k)
 
 
-def target_inputs(opt, pin_memory: bool):
-    """The network inputs of --adaptation-num-batches batches; several loaders are concatenated per batch."""
-    datasets = [loaders.adaptation_dataset(name, (opt.adaptation_resize_height, opt.adaptation_resize_width),
-                                           (opt.adaptation_crop_height, opt.adaptation_crop_width))
-                for name in opt.adaptation_training_loaders.split(',')]
+def target_inputs(loader_names, batch_size: int, num_batches: int, resize_hw, crop_hw, num_workers: int,
+                  pin_memory: bool):
+    """The network inputs of `num_batches` target batches (loaders cycle); several loaders are concatenated."""
+    datasets = [loaders.adaptation_dataset(name, resize_hw, crop_hw) for name in loader_names]
     cycling = loaders.CyclingLoaders(
-        [loaders.make_loader(dataset, opt.adaptation_training_batch_size, shuffle=True, drop_last=True,
-                             num_workers=opt.sys_num_workers, pin_memory=pin_memory) for dataset in datasets],
-        opt.adaptation_num_batches)
+        [loaders.make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                             pin_memory=pin_memory) for dataset in datasets], num_batches)
     for batches in cycling:
         yield torch.cat([batch['input'] for batch in batches])
 
@@ -81,9 +83,13 @@ def main(argv=None):
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
     print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches '
           f'of {opt.adaptation_training_loaders}', flush=True)
-    rows = adapt_batchnorm(state.model, target_inputs(opt, runtime.device.type == 'cuda'),
-                           opt.adaptation_mode_sequential, opt.adaptation_batchnorm_momentum,
-                           opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, runtime.device)
+    batches = target_inputs(opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size,
+                            opt.adaptation_num_batches, (opt.adaptation_resize_height, opt.adaptation_resize_width),
+                            (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers,
+                            pin_memory=runtime.device.type == 'cuda')
+    rows = adapt_batchnorm(state.model, batches, opt.adaptation_mode_sequential, opt.adaptation_batchnorm_momentum,
+                           opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, runtime.device,
+                           num_batches=opt.adaptation_num_batches)
     name = f'batch_{opt.adaptation_num_batches}'
     state.save(folder, name)
     write_momenta(os.path.join(folder, 'momenta.csv'), rows)
