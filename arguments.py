@@ -51,6 +51,9 @@ def _add_segmentation_validation(parser):
                        help='number of image / prediction / label strips written by evaluate.py')
     group.add_argument('--segmentation-eval-remaps', default='none',
                        help='comma separated; any of ' + ', '.join(REMAPS))
+    group.add_argument('--segmentation-eval-skip-unused-class', action='store_true',
+                       help='(ours) never predict the unused 20th class, so every labelled pixel is counted; '
+                            'by default such pixels drop out of the metric, as in the reference')
 
 
 def _add_segmentation_training(parser):

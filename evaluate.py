@@ -38,9 +38,11 @@ def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) ->
 
 
 @torch.no_grad()
-def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show_progress=True):
+def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show_progress=True,
+                   skip_unused_class=False):
     """Run the model in eval mode over each validation loader.
 
+    skip_unused_class: never predict the unused class 19, so that every labelled pixel counts.
     Returns ({domain: {remap: ConfusionMatrix}}, {domain: [strip, ...]}) with at most
     `num_images` strips per domain.
     """
@@ -54,7 +56,7 @@ def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show
             logits = model(batch['input'].to(device, non_blocking=True))
             label = batch['label'].to(device, non_blocking=True)
             for remap in remaps:
-                prediction = upsample_labels(remapped_prediction(logits, remap), label.shape[-2:])
+                prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
                 matrices[remap].update(remapped_label(label, remap), prediction)
             domain_strips = strips.setdefault(domain, [])
             for i in range(min(len(label), num_images - len(domain_strips))):
@@ -144,7 +146,8 @@ def main(argv=None) -> dict:
     remaps = opt.segmentation_eval_remaps.split(',')
     print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}', flush=True)
     scores, strips = evaluate_model(state.model, validation, remaps, runtime.device,
-                                    opt.segmentation_eval_num_images)
+                                    opt.segmentation_eval_num_images,
+                                    skip_unused_class=opt.segmentation_eval_skip_unused_class)
     print(summary_table(opt.model_name, scores))
     print(class_table(scores))
     results = results_dict(opt.model_name, scores)

@@ -88,7 +88,8 @@ def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_chec
 
 def validate(model, validation, remaps, state, opt, writer) -> None:
     """mIoU on every validation loader, printed and sent to tensorboard."""
-    scores, _ = evaluate_model(model, validation, remaps, next(model.parameters()).device)
+    scores, _ = evaluate_model(model, validation, remaps, next(model.parameters()).device,
+                               skip_unused_class=opt.segmentation_eval_skip_unused_class)
     print(summary_table(opt.model_name, scores), flush=True)
     for domain, matrices in scores.items():
         for remap, matrix in matrices.items():

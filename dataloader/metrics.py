@@ -11,10 +11,11 @@ REMAPS = {
 }
 
 
-def remapped_prediction(logits: torch.Tensor, remap: str) -> torch.Tensor:
-    """Argmax over the logit channels a remap keeps (all 20 for 'none', so class 19 can win)."""
+def remapped_prediction(logits: torch.Tensor, remap: str, skip_unused_class: bool = False) -> torch.Tensor:
+    """Argmax over the logit channels a remap keeps: for 'none' all 20, so the unused class 19 can win
+    (the reference's behaviour), or the 19 real ones with skip_unused_class."""
     if remap == 'none':
-        return logits.argmax(1)
+        return (logits[:, :NUM_CLASSES] if skip_unused_class else logits).argmax(1)
     kept = torch.tensor(REMAPS[remap], device=logits.device)
     return logits.index_select(1, kept).argmax(1)
 

@@ -78,3 +78,13 @@ def test_argmax_then_nearest_upsampling_equals_upsampling_logits_first():
     label_size = (16, 32)
     direct = torch.nn.functional.interpolate(logits, size=label_size, mode='nearest').argmax(1)
     assert torch.equal(upsample_labels(logits.argmax(1), label_size), direct)
+
+
+def test_skip_unused_class_counts_every_labelled_pixel():
+    label = torch.tensor([[2, 2]])
+    logits = logits_for([19, 2], second=[3, 0])
+    matrix = ConfusionMatrix(19)
+    matrix.update(label, remapped_prediction(logits, 'none', skip_unused_class=True)[0])
+    assert matrix.matrix.sum().item() == 2
+    assert matrix.iou()[2].item() == pytest.approx(1 / 2)  # the class-19 pixel now counts as predicted wall (3)
+    assert matrix.iou()[3].item() == pytest.approx(0.0)

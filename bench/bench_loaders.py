@@ -1,0 +1,81 @@
+"""Samples per second of a training, an adaptation and a validation loader, 0 and 2 workers.
+
+Writes photo-like synthetic PNGs at native size (GTA-5 1052x1914 with palette labels; Cityscapes 1024x2048)
+to a temporary folder and times the named loaders on them (steady state: the first batch is not counted).
+Run: python bench/bench_loaders.py [--samples 48]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset  # noqa: E402
+from tests.dataset_fixtures import id_label, palette_label, write_dataset  # noqa: E402
+
+FILES_PER_CATEGORY = 4
+
+
+def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth shading, texture and sensor noise, so the PNG compresses about like a real photo."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [80 + 60 * np.sin(x / (90 + 30 * c) + c) * np.cos(y / (70 + 20 * c)) + 30 * np.sin(x / 3 + y / 7 * c)
+                for c in range(3)]
+    image = np.stack(channels, -1) + rng.normal(0, 4, (height, width, 3))
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def write_benchmark_datasets(root: str) -> None:
+    rng = np.random.default_rng(0)
+    indices = range(FILES_PER_CATEGORY)
+    write_dataset(root, 'gta5', {'color': {i: photo_like(rng, 1052, 1914) for i in indices},
+                                 'segmentation': {i: palette_label(rng, 1052, 1914) for i in indices}},
+                  labels='gta5', labels_mode='fromrgb', split='full_split')
+    write_dataset(root, 'cityscapes_sequence', {'color': {i: photo_like(rng, 1024, 2048) for i in indices},
+                                                'color_right': {i: photo_like(rng, 1024, 2048) for i in indices}})
+    write_dataset(root, 'cityscapes', {'color': {i: photo_like(rng, 1024, 2048) for i in indices},
+                                       'segmentation': {i: id_label(rng, 1024, 2048) for i in indices}},
+                  split_file='validation')
+
+
+def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples)
+    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=True, num_workers=num_workers,
+                         pin_memory=False, sampler=sampler)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up and first batch are not counted
+    start = time.perf_counter()
+    counted = sum(len(batch['domain']) for batch in iterator)
+    return counted / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--samples', type=int, default=48, help='samples drawn per measurement')
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as root:
+        os.environ['UBNA_DIR_DATASET'] = root
+        write_benchmark_datasets(root)
+        cases = [
+            ('gta5_train 1052x1914 -> 512x1024, crop 192x640',
+             training_dataset('gta5_train', (512, 1024), (192, 640)), 6),
+            ('cityscapes_sequence_train 1024x2048 -> 512x1024',
+             adaptation_dataset('cityscapes_sequence_train', (512, 1024), (192, 640)), 6),
+            ('cityscapes_validation 1024x2048 -> 512x1024',
+             validation_dataset('cityscapes_validation', (512, 1024)), 1),
+        ]
+        print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9}')
+        for name, dataset, batch_size in cases:
+            for workers in (0, 2):
+                rate = samples_per_second(dataset, batch_size, workers, args.samples)
+                print(f'{name:52} {batch_size:5d} {workers:7d} {rate:9.1f} {1000 / rate:9.1f}', flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,166 @@
+"""The named loaders of spec §4 (`--*-loaders` values), batching, and combining several loaders."""
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
+
+from dataloader.dataset import ImageDataset, read_parameters, read_split
+from dataloader.errors import UserError
+from dataloader.labels import label_converter
+from dataloader.transforms import (RESCALE_RANGE, AdaptationTransform, SegmentationTrainTransform,
+                                   ValidationTransform)
+
+TRAINING_LOADERS = ('cityscapes_train', 'gta5_train', 'synthia_train')
+ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
+VALIDATION_LOADERS = {'cityscapes_validation': (512, 1024), 'kitti_2015_train': (320, 1024)}
+SEGMENTATION_PURPOSES = ('segmentation',)
+ADAPTATION_PURPOSES = ('adaptation',)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a named loader reads: dataset folder, named split (None: the dataset's own), split file."""
+    dataset: str
+    split: str | None
+    split_file: str
+    labels: str | None = None  # label table; None for loaders without labels
+
+
+_SOURCES = {
+    'cityscapes_train': Source('cityscapes', None, 'train', 'cityscapes'),
+    'gta5_train': Source('gta5', 'full_split', 'train', 'gta5'),
+    'synthia_train': Source('synthia', None, 'train', 'synthia'),
+    'cityscapes_sequence_train': Source('cityscapes_sequence', None, 'train'),
+    'kitti_kitti_train': Source('kitti', 'kitti_split', 'train'),
+    'cityscapes_validation': Source('cityscapes', None, 'validation', 'cityscapes'),
+    'kitti_2015_train': Source('kitti_2015', None, 'train', 'cityscapes'),
+}
+_NAMES_BY_KIND = {'training': TRAINING_LOADERS, 'adaptation': ADAPTATION_LOADERS,
+                  'validation': tuple(VALIDATION_LOADERS)}
+
+
+def check_loader_names(names: list[str], kind: str) -> None:
+    """UserError for a name that is not a loader of this kind ('training', 'adaptation', 'validation')."""
+    valid = _NAMES_BY_KIND[kind]
+    for name in names:
+        if name not in valid:
+            raise UserError(f"unknown {kind} loader '{name}'; valid names: {', '.join(valid)}")
+
+
+def training_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
+    """Segmentation training samples: labels_mode from parameters.json; flip, resize, rescale, crop, jitter."""
+    check_loader_names([name], 'training')
+    smallest = tuple(int(size // RESCALE_RANGE[1]) for size in resize_hw)
+    if crop_hw[0] > smallest[0] or crop_hw[1] > smallest[1]:
+        raise UserError(f'the segmentation crop {crop_hw[0]}x{crop_hw[1]} does not fit into the smallest random '
+                        f'rescale {smallest[0]}x{smallest[1]} of the resize {resize_hw[0]}x{resize_hw[1]}')
+    source = _SOURCES[name]
+    labels_mode = read_parameters(source.dataset)['labels_mode']
+    convert = label_converter(source.labels, labels_mode)
+    files = read_split(source.dataset, source.split, source.split_file, ['color', 'segmentation'])
+    # real GTA-5 has a few labels whose size differs from their image: both are resized anyway, so only warn
+    return ImageDataset(files, SegmentationTrainTransform(resize_hw, crop_hw, convert), source.dataset,
+                        SEGMENTATION_PURPOSES, strict_sizes=False)
+
+
+def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
+    """Left and right camera images, concatenated; no labels.
+
+    As in the reference, crop_hw is not used: kitti_kitti_train only resizes, and cityscapes_sequence_train
+    resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w) at the top-left corner (quirk: the
+    reference passes offsets (h*32//512, w*33//1024) but ignores them).
+    """
+    check_loader_names([name], 'adaptation')
+    source = _SOURCES[name]
+    height, width = resize_hw
+    if name == 'cityscapes_sequence_train':
+        transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024), (height * 320 // 512, width))
+    else:
+        transform = AdaptationTransform(resize_hw)
+    cameras = []
+    for category in ('color', 'color_right'):
+        files = read_split(source.dataset, source.split, source.split_file, [category])
+        cameras.append(ImageDataset({'color': files[category]}, transform, source.dataset, ADAPTATION_PURPOSES))
+    return ConcatDataset(cameras)
+
+
+def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
+    """Validation samples: image resized, label (always fromid) at native size, no flip, no jitter."""
+    check_loader_names([name], 'validation')
+    source = _SOURCES[name]
+    files = read_split(source.dataset, source.split, source.split_file, ['color', 'segmentation'])
+    transform = ValidationTransform(resize_hw, label_converter(source.labels, 'fromid'))
+    return ImageDataset(files, transform, source.dataset, SEGMENTATION_PURPOSES)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Tensors stacked (in shared memory inside workers); every other field becomes a list, one per sample."""
+    batch = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        if not isinstance(values[0], torch.Tensor):
+            batch[key] = values
+            continue
+        shapes = {tuple(value.shape) for value in values}
+        if len(shapes) > 1:
+            raise UserError(f"cannot batch '{key}' tensors of different sizes {sorted(shapes)}; "
+                            f'use batch size 1 for this loader')
+        batch[key] = default_collate(values)
+    return batch
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
+                pin_memory: bool, sampler=None) -> DataLoader:
+    """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling; pin_memory as asked."""
+    num_samples = len(dataset) if sampler is None else len(sampler)
+    if drop_last and num_samples < batch_size:
+        raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate)
+
+
+class CyclingLoaders:
+    """Exactly num_batches items per iteration, each a list with one batch per loader; loaders restart when done."""
+
+    def __init__(self, loaders: list[DataLoader], num_batches: int):
+        self.loaders = list(loaders)
+        self.num_batches = num_batches
+        self._passes = [0] * len(self.loaders)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        iterators = [self._restart(i) for i in range(len(self.loaders))]
+        for _ in range(self.num_batches):
+            yield [self._next(i, iterators) for i in range(len(self.loaders))]
+
+    def _restart(self, i: int):
+        sampler = self.loaders[i].sampler
+        if hasattr(sampler, 'set_epoch'):
+            sampler.set_epoch(self._passes[i])
+        self._passes[i] += 1
+        return iter(self.loaders[i])
+
+    def _next(self, i: int, iterators: list):
+        try:
+            return next(iterators[i])
+        except StopIteration:
+            iterators[i] = self._restart(i)
+            try:
+                return next(iterators[i])
+            except StopIteration:
+                raise UserError(f'training loader {i + 1} yields no batch (fewer samples than its batch size)') \
+                    from None
+
+
+def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, int], num_workers: int,
+                       pin_memory: bool) -> list[tuple[str, DataLoader]]:
+    """One loader per name, in order; with more than one name each uses its default size (spec §4)."""
+    check_loader_names(names, 'validation')
+    loaders = []
+    for name in names:
+        size = resize_hw if len(names) == 1 else VALIDATION_LOADERS[name]
+        loaders.append((name, make_loader(validation_dataset(name, size), batch_size, shuffle=False,
+                                          drop_last=False, num_workers=num_workers, pin_memory=pin_memory)))
+    return loaders

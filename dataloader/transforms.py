@@ -1,0 +1,186 @@
+"""Sample transforms of the named loaders (spec §4): flip, resize, rescale, crop, label conversion, jitter.
+
+Resizing follows PIL (antialiased bilinear for colour, nearest for labels). Each random transform first draws
+its parameters (python `random` only, so DataLoader worker seeding makes runs reproducible), then applies them.
+Two equivalences keep the per-sample work small: a resize followed by a crop is a PIL resize of only the source
+region the crop depends on (`box`), and the horizontal flip is applied to the crop (a flipped image cropped at x
+is the flipped crop at the mirrored x), so only crop-sized pixels are flipped, jittered and converted.
+"""
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+RESCALE_RANGE = (1.0, 1.5)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.2, 0.2, 0.2, 0.1
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Colour-jitter factors, applied in the reference's fixed order (gamma range is 0, i.e. identity)."""
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+
+    @staticmethod
+    def draw() -> 'Jitter':
+        return Jitter(random.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS), random.uniform(1 - CONTRAST, 1 + CONTRAST),
+                      random.uniform(1 - SATURATION, 1 + SATURATION), random.uniform(-HUE, HUE))
+
+    def apply(self, image: Image.Image) -> np.ndarray:
+        """The jittered RGB array: brightness, contrast, saturation with PIL, hue shift in OpenCV's HSV."""
+        image = TF.adjust_brightness(image, self.brightness)
+        image = TF.adjust_contrast(image, self.contrast)
+        image = TF.adjust_saturation(image, self.saturation)
+        rgb = np.asarray(image)
+        shift = int(self.hue * 255) % 256
+        if shift == 0:
+            return rgb
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)  # 8-bit hue circle, like PIL's HSV (and 20x faster)
+        hsv[..., 0] += np.uint8(shift)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output pixel of a PIL NEAREST resize (PIL accumulates the step in double)."""
+    steps = np.full(size_out, size_in / size_out)
+    steps[0] *= 0.5
+    return np.minimum(np.add.accumulate(steps).astype(np.int64), size_in - 1)
+
+
+def resize_color(image: Image.Image, hw: tuple[int, int], box: tuple[float, ...] | None = None) -> Image.Image:
+    """PIL antialiased bilinear resize to (height, width), optionally of the source region `box`."""
+    return image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR, box=box)
+
+
+def resize_twice_and_crop(image: Image.Image, resize_hw: tuple[int, int], rescaled_hw: tuple[int, int],
+                          top: int, left: int, crop_hw: tuple[int, int]) -> Image.Image:
+    """Resize to resize_hw, resize to rescaled_hw, crop; only the pixels the crop depends on are computed."""
+    (rh, rw), (sh, sw), (ch, cw) = resize_hw, rescaled_hw, crop_hw
+    box = [left * rw / sw, top * rh / sh, (left + cw) * rw / sw, (top + ch) * rh / sh]
+    margin = 2 + int(max(rh / sh, rw / sw, 1.0))  # > the bilinear support of the second resize
+    x0, y0 = max(0, int(box[0]) - margin), max(0, int(box[1]) - margin)
+    x1, y1 = min(rw, int(box[2]) + 1 + margin), min(rh, int(box[3]) + 1 + margin)
+    sx, sy = image.width / rw, image.height / rh
+    region = resize_color(image, (y1 - y0, x1 - x0), (x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+    return resize_color(region, crop_hw, (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
+
+
+def _chw_float(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a 3×H×W tensor in [0, 1]."""
+    return (image - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def network_tensors(image: Image.Image, jitter: Jitter | None) -> dict:
+    """'image' (in [0, 1], not jittered) and 'input' (jittered when given, normalised)."""
+    rgb = np.asarray(image)
+    plain = _chw_float(rgb)
+    jittered = plain if jitter is None else _chw_float(jitter.apply(image))
+    return {'input': normalize(jittered), 'image': plain}
+
+
+def _flip(image: Image.Image) -> Image.Image:
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+@dataclass(frozen=True)
+class TrainDraw:
+    """Random parameters of one segmentation training sample."""
+    flip: bool
+    rescaled_hw: tuple[int, int]
+    top: int
+    left: int
+    jitter: Jitter
+
+
+class SegmentationTrainTransform:
+    """Flip, resize, random rescale (size // s), random crop, label conversion after the crop, jitter."""
+
+    def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
+                 convert_label: Callable[[np.ndarray], np.ndarray]):
+        self.resize_hw = resize_hw
+        self.crop_hw = crop_hw
+        self.convert_label = convert_label
+
+    def draw(self) -> TrainDraw:
+        flip = random.random() < 0.5
+        scale = random.uniform(*RESCALE_RANGE)
+        rescaled_hw = (int(self.resize_hw[0] // scale), int(self.resize_hw[1] // scale))
+        top = random.randint(0, rescaled_hw[0] - self.crop_hw[0])
+        left = random.randint(0, rescaled_hw[1] - self.crop_hw[1])
+        return TrainDraw(flip, rescaled_hw, top, left, Jitter.draw())
+
+    def __call__(self, raw: dict) -> dict:
+        return self.apply(raw, self.draw())
+
+    def apply(self, raw: dict, draw: TrainDraw) -> dict:
+        (rh, rw), (sh, sw), (ch, cw) = self.resize_hw, draw.rescaled_hw, self.crop_hw
+        top, left = draw.top, draw.left
+        crop = resize_twice_and_crop(Image.fromarray(raw['color']), self.resize_hw, draw.rescaled_hw, top, left,
+                                     self.crop_hw)
+        native_h, native_w = raw['segmentation'].shape[:2]
+        rows = nearest_indices(native_h, rh)[nearest_indices(rh, sh)[top:top + ch]]
+        cols = nearest_indices(native_w, rw)[nearest_indices(rw, sw)[left:left + cw]]
+        if draw.flip:
+            crop, cols = _flip(crop), cols[::-1]
+        label = self.convert_label(raw['segmentation'][rows[:, None], cols])
+        return {**network_tensors(crop, draw.jitter), 'label': torch.from_numpy(label).long()}
+
+
+@dataclass(frozen=True)
+class AdaptationDraw:
+    """Random parameters of one adaptation sample."""
+    flip: bool
+    jitter: Jitter
+
+
+class AdaptationTransform:
+    """Flip, resize, optional crop at the top-left corner of the (flipped) resized image, jitter; no labels."""
+
+    def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None):
+        self.resize_hw = resize_hw
+        self.crop_hw = crop_hw
+
+    def draw(self) -> AdaptationDraw:
+        return AdaptationDraw(random.random() < 0.5, Jitter.draw())
+
+    def __call__(self, raw: dict) -> dict:
+        return self.apply(raw, self.draw())
+
+    def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
+        image = Image.fromarray(raw['color'])
+        if self.crop_hw is None:
+            out = resize_color(image, self.resize_hw)
+        else:
+            (rh, rw), (ch, cw) = self.resize_hw, self.crop_hw
+            left = rw - cw if draw.flip else 0  # the top-left corner of the flipped image is the top-right here
+            sy, sx = image.height / rh, image.width / rw
+            out = resize_color(image, self.crop_hw, (left * sx, 0, (left + cw) * sx, ch * sy))
+        if draw.flip:
+            out = _flip(out)
+        return network_tensors(out, draw.jitter)
+
+
+class ValidationTransform:
+    """Resize the colour image only; the label is converted at its native size; no flip, no jitter."""
+
+    def __init__(self, resize_hw: tuple[int, int], convert_label: Callable[[np.ndarray], np.ndarray]):
+        self.resize_hw = resize_hw
+        self.convert_label = convert_label
+
+    def __call__(self, raw: dict) -> dict:
+        image = resize_color(Image.fromarray(raw['color']), self.resize_hw)
+        label = self.convert_label(raw['segmentation'])
+        return {**network_tensors(image, None), 'label': torch.from_numpy(label).long()}

@@ -1,0 +1,184 @@
+"""The named loaders, batching, cycling and error reporting from workers (spec §4, CONTRACT loader API)."""
+import os
+import random
+import threading
+import traceback
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dataloader.errors import UserError, user_message
+from dataloader.loaders import (ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS, CyclingLoaders,
+                                adaptation_dataset, check_loader_names, collate, make_loader, training_dataset,
+                                validation_dataset, validation_loaders)
+from tests.dataset_fixtures import named_datasets, ubna_env, write_dataset  # noqa: F401 (fixtures)
+
+IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+
+
+def test_check_loader_names():
+    check_loader_names(list(TRAINING_LOADERS), 'training')
+    check_loader_names(list(ADAPTATION_LOADERS), 'adaptation')
+    check_loader_names(list(VALIDATION_LOADERS), 'validation')
+    with pytest.raises(UserError, match="unknown validation loader 'gta5_train'; valid names: "
+                                        "cityscapes_validation, kitti_2015_train"):
+        check_loader_names(['cityscapes_validation', 'gta5_train'], 'validation')
+
+
+@pytest.mark.parametrize('name, domain', [('cityscapes_train', 'cityscapes'), ('gta5_train', 'gta5'),
+                                          ('synthia_train', 'synthia')])
+def test_training_loaders(named_datasets, name, domain):
+    dataset = training_dataset(name, (64, 128), (32, 80))
+    assert len(dataset) == 4
+    batch = next(iter(make_loader(dataset, 2, shuffle=True, drop_last=True, num_workers=0, pin_memory=False)))
+    assert batch['input'].shape == batch['image'].shape == (2, 3, 32, 80)
+    assert batch['label'].shape == (2, 32, 80) and batch['label'].dtype == torch.int64
+    assert batch['domain'] == [domain, domain] and batch['purposes'] == [('segmentation',)] * 2
+    labels = set(batch['label'].unique().tolist())
+    assert labels <= set(range(19)) | {255} and len(labels) > 3
+    assert 0 <= batch['image'].min() and batch['image'].max() <= 1
+
+
+def test_gta5_reads_full_split_with_palette_labels(named_datasets):
+    files = training_dataset('gta5_train', (64, 128), (32, 80)).files
+    assert files['color'][0].startswith(os.path.join(named_datasets, 'gta5', 'color'))
+    assert training_dataset('gta5_train', (64, 128), (32, 80)).transform.convert_label.labels_mode == 'fromrgb'
+
+
+def test_training_crop_must_fit_smallest_rescale(named_datasets):
+    with pytest.raises(UserError, match='crop 48x80 does not fit into the smallest random rescale 42x85'):
+        training_dataset('cityscapes_train', (64, 128), (48, 80))
+
+
+@pytest.mark.parametrize('name, hw', [('cityscapes_sequence_train', (40, 128)), ('kitti_kitti_train', (64, 128))])
+def test_adaptation_loaders_use_left_and_right(named_datasets, name, hw):
+    dataset = adaptation_dataset(name, (64, 128), (32, 80))
+    assert len(dataset) == 8
+    left, right = dataset.datasets
+    assert left.files['color'][0].endswith(os.path.join('color', 'train_00000.png'))
+    assert right.files['color'][0].endswith(os.path.join('color_right', 'train_00000.png'))
+    sample = dataset[5]
+    assert set(sample) == {'input', 'image', 'domain', 'purposes'}
+    assert sample['input'].shape == (3, *hw) and sample['purposes'] == ('adaptation',)
+    assert sample['domain'] == name.rsplit('_', 1)[0].replace('kitti_kitti', 'kitti')
+
+
+def test_validation_labels_fromid_at_native_size(ubna_env):
+    ids = np.full((48, 96), 26, np.uint8)
+    write_dataset(ubna_env, 'cityscapes', {'color': {0: np.zeros((48, 96, 3), np.uint8)},
+                                           'segmentation': {0: ids}},
+                  labels_mode='fromtrainid', split_file='validation')
+    sample = validation_dataset('cityscapes_validation', (32, 64))[0]
+    assert sample['input'].shape == (3, 32, 64) and sample['label'].shape == (48, 96)
+    assert (sample['label'] == 13).all()  # fromid although parameters.json says fromtrainid
+    assert sample['domain'] == 'cityscapes' and sample['purposes'] == ('segmentation',)
+    assert torch.allclose(sample['input'], (sample['image'] - IMAGENET_MEAN) / IMAGENET_STD)
+
+
+def test_validation_loaders_sizes(named_datasets):
+    [(name, loader)] = validation_loaders(['kitti_2015_train'], 1, (32, 64), num_workers=0, pin_memory=False)
+    batch = next(iter(loader))
+    assert name == 'kitti_2015_train' and batch['input'].shape == (1, 3, 32, 64)
+    assert batch['label'].shape == (1, 48, 160) and len(loader) == 4
+    both = validation_loaders(['cityscapes_validation', 'kitti_2015_train'], 1, (32, 64), 0, False)
+    assert [name for name, _ in both] == ['cityscapes_validation', 'kitti_2015_train']
+    assert [loader.dataset.transform.resize_hw for _, loader in both] == [(512, 1024), (320, 1024)]
+    assert not both[0][1].pin_memory
+
+
+def test_collate_lists_and_size_errors():
+    samples = [{'label': torch.zeros(2, 3), 'domain': 'a', 'purposes': ('adaptation',)},
+               {'label': torch.ones(2, 3), 'domain': 'b', 'purposes': ('adaptation',)}]
+    batch = collate(samples)
+    assert batch['label'].shape == (2, 2, 3)
+    assert batch['domain'] == ['a', 'b'] and batch['purposes'] == [('adaptation',)] * 2
+    samples[1]['label'] = torch.ones(3, 3)
+    with pytest.raises(UserError, match="cannot batch 'label' tensors of different sizes"):
+        collate(samples)
+
+
+def test_make_loader_rejects_batch_larger_than_dataset(named_datasets):
+    dataset = training_dataset('synthia_train', (64, 128), (32, 80))
+    with pytest.raises(UserError, match='4 samples, fewer than its batch size 6'):
+        make_loader(dataset, 6, shuffle=True, drop_last=True, num_workers=0, pin_memory=False)
+
+
+class CountingSampler(torch.utils.data.Sampler):
+    def __init__(self, size):
+        self.size, self.epochs = size, []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter(range(self.size))
+
+    def __len__(self):
+        return self.size
+
+
+def test_cycling_loaders_restart_exhausted_loaders():
+    sampler = CountingSampler(3)
+    short = torch.utils.data.DataLoader(list(range(3)), batch_size=1, sampler=sampler)
+    long = torch.utils.data.DataLoader(list(range(100, 110)), batch_size=2)
+    cycling = CyclingLoaders([short, long], num_batches=7)
+    assert len(cycling) == 7
+    items = list(cycling)
+    assert len(items) == 7 and all(len(item) == 2 for item in items)
+    assert [int(item[0]) for item in items] == [0, 1, 2, 0, 1, 2, 0]
+    assert [item[1].tolist() for item in items][4:6] == [[108, 109], [100, 101]]
+    assert sampler.epochs == [0, 1, 2]
+    list(cycling)
+    assert sampler.epochs[-1] == 5
+
+
+def batches(loader):
+    return [batch['input'] for batch in loader]
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_loaders_reproducible_after_seeding(named_datasets, workers):
+    dataset = training_dataset('cityscapes_train', (64, 128), (32, 80))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        random.seed(5)
+        runs.append(batches(make_loader(dataset, 2, True, True, workers, False)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    torch.manual_seed(6)
+    random.seed(6)
+    assert not torch.equal(batches(make_loader(dataset, 2, True, True, workers, False))[0], runs[0][0])
+
+
+def test_bad_image_in_worker_gives_one_sentence(named_datasets):
+    dataset = training_dataset('cityscapes_train', (64, 128), (32, 80))
+    broken = dataset.files['color'][2]
+    with open(broken, 'wb') as file:
+        file.write(b'\x89PNG truncated')
+    loader = make_loader(dataset, 2, shuffle=False, drop_last=True, num_workers=2, pin_memory=False)
+    with pytest.raises(UserError) as error:
+        list(loader)
+    traceback.clear_frames(error.tb)  # frees the iterator now; a cyclic-GC shutdown of its workers stalls 10 s
+    assert user_message(error.value) == f'the image file {broken} cannot be read (missing, empty or not an image)'
+
+
+def test_missing_files_fail_before_workers(named_datasets):
+    os.remove(os.path.join(named_datasets, 'kitti', 'color_right', 'train_00003.png'))
+    with pytest.raises(UserError, match=r'color_right/train_00003\.png does not exist'):
+        adaptation_dataset('kitti_kitti_train', (64, 128), (32, 80))
+
+
+def test_workers_start_after_opencv_ran_in_parent(ubna_env):
+    """A forked worker hangs in cv2.setNumThreads once the parent has used OpenCV's pool: no such worker setup."""
+    big = {i: np.zeros((768, 1024, 3), np.uint8) for i in range(2)}
+    write_dataset(ubna_env, 'kitti', {'color': big, 'color_right': big}, split='kitti_split')
+    loader = make_loader(adaptation_dataset('kitti_kitti_train', (32, 64), (32, 64)), 2, False, True, 2, False)
+    cv2.cvtColor(big[0], cv2.COLOR_BGR2RGB)  # runs OpenCV's thread pool in this (parent) process
+    batches = []
+    thread = threading.Thread(target=lambda: batches.extend(loader), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert len(batches) == 2
