@@ -3,6 +3,7 @@
 on unlabelled target images, with a momentum that decays per batch (UBNA) and per layer (UBNA+)."""
 import csv
 import os
+import sys
 
 import torch
 from tensorboardX import SummaryWriter
@@ -102,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

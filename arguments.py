@@ -109,11 +109,15 @@ def _split(names: str) -> list:
 
 def _check(parser, opt, job: str) -> None:
     """One clear message per bad value, before any work starts."""
-    def positive(flag, multiple_of=1):
+    def positive(flag):
         value = getattr(opt, flag.lstrip('-').replace('-', '_'))
-        if value < 1 or value % multiple_of:
-            need = f'a positive multiple of {multiple_of}' if multiple_of > 1 else 'at least 1'
-            parser.error(f'{flag} must be {need}, got {value}')
+        if value < 1:
+            parser.error(f'{flag} must be at least 1, got {value}')
+
+    def network_side(flag):  # sizes that reach the network: multiples of its stride, a 2x2 coarsest map
+        value = getattr(opt, flag.lstrip('-').replace('-', '_'))
+        if value < 64 or value % 32:
+            parser.error(f'{flag} must be a multiple of 32 and at least 64, got {value}')
 
     def loader_names(flag, kind):
         names = _split(getattr(opt, flag.lstrip('-').replace('-', '_')))
@@ -126,8 +130,8 @@ def _check(parser, opt, job: str) -> None:
 
     if opt.sys_num_workers < 0:
         parser.error(f'--sys-num-workers must be 0 or more, got {opt.sys_num_workers}')
-    positive('--segmentation-validation-resize-height', 32)
-    positive('--segmentation-validation-resize-width', 32)
+    network_side('--segmentation-validation-resize-height')
+    network_side('--segmentation-validation-resize-width')
     positive('--segmentation-validation-batch-size')
     if opt.segmentation_eval_num_images < 0:
         parser.error(f'--segmentation-eval-num-images must be 0 or more, got {opt.segmentation_eval_num_images}')
@@ -154,8 +158,8 @@ def _check(parser, opt, job: str) -> None:
         positive('--segmentation-training-batch-size')
         positive('--segmentation-resize-height')
         positive('--segmentation-resize-width')
-        positive('--segmentation-crop-height', 32)
-        positive('--segmentation-crop-width', 32)
+        network_side('--segmentation-crop-height')
+        network_side('--segmentation-crop-width')
         if (opt.segmentation_crop_height > opt.segmentation_resize_height
                 or opt.segmentation_crop_width > opt.segmentation_resize_width):
             parser.error('--segmentation-crop-height/-width must not exceed --segmentation-resize-height/-width')
@@ -164,6 +168,13 @@ def _check(parser, opt, job: str) -> None:
         for flag in ('--adaptation-training-batch-size', '--adaptation-num-batches', '--adaptation-resize-height',
                      '--adaptation-resize-width', '--adaptation-crop-height', '--adaptation-crop-width'):
             positive(flag)
+        for name in _split(opt.adaptation_training_loaders):
+            height, width = loaders.adaptation_input_size(
+                name, (opt.adaptation_resize_height, opt.adaptation_resize_width))
+            if min(height, width) < 64 or height % 32 or width % 32:
+                parser.error(f'--adaptation-resize-height/-width {opt.adaptation_resize_height}x'
+                             f'{opt.adaptation_resize_width} give {name} network inputs of {height}x{width}, '
+                             f'which must be multiples of 32 and at least 64')
         if not 0 < opt.adaptation_batchnorm_momentum <= 1:
             parser.error(f'--adaptation-batchnorm-momentum must be in (0, 1], got {opt.adaptation_batchnorm_momentum}')
         for flag in ('--adaptation-alpha-batch', '--adaptation-alpha-layer'):

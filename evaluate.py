@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate a checkpoint: mIoU and mean class accuracy on the segmentation validation sets (spec §8)."""
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -158,4 +159,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

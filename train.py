@@ -4,6 +4,7 @@
 Runs as one process, or under `torchrun --nproc_per_node=K train.py ...` with DistributedDataParallel.
 """
 import os
+import sys
 import time
 
 import torch
@@ -136,4 +137,4 @@ def main(argv=None) -> StateManager:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    sys.exit(run_cli(main))

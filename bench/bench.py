@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Throughput and peak memory of the three hot paths, on synthetic data at the paper's sizes.
 
-  data loading     samples/s of a training, an adaptation and a validation loader (bench_loaders.py)
+  data loading     samples/s of a training, an adaptation and a validation loader, 0 and 2 workers
+                   (bench_loaders.py; peak memory = the largest process)
   adaptation       one UBNA batch: forward in train mode under no_grad (batch 6, 512×1024 by default)
   evaluation       forward + argmax + nearest upsampling to 1024×2048 labels + confusion matrix,
                    against the naive order (upsample 20 logit channels, then argmax)
@@ -14,6 +15,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -106,6 +108,11 @@ def main():
     size = tuple(int(v) for v in args.size.lower().split('x'))
     print(f'device {args.device}, {torch.get_num_threads()} threads, input {size[0]}x{size[1]}, '
           f'adaptation batch {args.batch}, labels {LABEL_SIZE[0]}x{LABEL_SIZE[1]}', flush=True)
+    if not args.skip_loaders:  # first, so that the children's peak memory is the loaders' own
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench_loaders.py')],
+                       check=True)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f'data loading peak memory (largest process): {peak:.0f} MiB\n', flush=True)
     print(f'{"case":28} | {"model":8} | {"images/s":>9} | {"peak MiB":>9}')
     for model_name in ('resnet18', 'vgg16'):
         for case, label in (('adaptation', f'adaptation batch {args.batch}'),
@@ -113,9 +120,6 @@ def main():
                             ('evaluation_naive', 'evaluation (naive)')):
             rate, memory = measure(case, model_name, size, args.batch, args.device, args.repeats)
             print(f'{label:28} | {model_name:8} | {rate:9.2f} | {memory:9.0f}', flush=True)
-    if not args.skip_loaders:
-        from bench import bench_loaders
-        bench_loaders.main([])
 
 
 if __name__ == '__main__':

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError  # noqa: E402
+from dataloader.errors import UserError, run_cli  # noqa: E402
+from dataloader.paths import dataset_root  # noqa: E402
 
 CITYSCAPES_SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 KITTI_STEREO_BASELINE_M = 0.54  # distance between KITTI's colour cameras
@@ -323,27 +324,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        if args.root is None:
-            from dataloader.paths import dataset_root
-            args.root = dataset_root()
-        split_files = {split: getattr(args, f'kitti_split_{split}') for split in ('train', 'validation', 'test')}
-        split_files = {split: path for split, path in split_files.items() if path is not None}
-        if args.dataset == 'kitti':
-            counts = build_kitti(args.root, split_files)
-        elif split_files:
-            raise UserError(f"--kitti-split-* options apply to the dataset kitti only, not to {args.dataset}.")
-        else:
-            counts = BUILDERS[args.dataset](args.root)
-    except UserError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    if args.root is None:
+        args.root = dataset_root()
+    split_files = {split: getattr(args, f'kitti_split_{split}') for split in ('train', 'validation', 'test')}
+    split_files = {split: path for split, path in split_files.items() if path is not None}
+    if args.dataset == 'kitti':
+        counts = build_kitti(args.root, split_files)
+    elif split_files:
+        raise UserError(f"--kitti-split-* options apply to the dataset kitti only, not to {args.dataset}.")
+    else:
+        counts = BUILDERS[args.dataset](args.root)
     for split, count in counts.items():
         print(f'{args.dataset}: {split} split with {count} samples')
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

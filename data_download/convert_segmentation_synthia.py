@@ -14,7 +14,8 @@ import numpy as np
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError  # noqa: E402
+from dataloader.errors import UserError, run_cli  # noqa: E402
+from dataloader.paths import dataset_root  # noqa: E402
 
 CLASS_CHANNEL = 2  # R channel of the file = index 2 of OpenCV's BGR array
 
@@ -51,22 +52,16 @@ def convert_synthia_labels(synthia_dir: str) -> int:
     return len(names)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description='Write SYNTHIA GT_1_channel/LABELS from GT/LABELS.')
     parser.add_argument('--root', default=None,
                         help='folder holding the synthia dataset folder (default: $UBNA_DIR_DATASET)')
     args = parser.parse_args(argv)
-    try:
-        if args.root is None:
-            from dataloader.paths import dataset_root
-            args.root = dataset_root()
-        count = convert_synthia_labels(os.path.join(args.root, 'synthia'))
-    except UserError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    if args.root is None:
+        args.root = dataset_root()
+    count = convert_synthia_labels(os.path.join(args.root, 'synthia'))
     print(f'converted {count} SYNTHIA label images')
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

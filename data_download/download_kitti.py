@@ -15,7 +15,8 @@ import zipfile
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError  # noqa: E402
+from dataloader.errors import UserError, run_cli  # noqa: E402
+from dataloader.paths import dataset_root  # noqa: E402
 
 DEFAULT_BASE_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti'
 DEFAULT_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kitti_archives.txt')
@@ -99,7 +100,7 @@ def download_kitti(root: str, list_file: str = DEFAULT_LIST, base_url: str = DEF
     return raw_dir
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description='Download and unpack the KITTI raw archives (spec §11).')
     parser.add_argument('--root', default=None, help='dataset folder (default: $UBNA_DIR_DATASET)')
     parser.add_argument('--list', default=DEFAULT_LIST, help='archive list, one relative archive path a line')
@@ -107,17 +108,11 @@ def main(argv=None) -> int:
     parser.add_argument('--folder', default=DEFAULT_FOLDER,
                         help='sub-folder of --root that receives Raw_data (build_index.py kitti reads <root>/kitti)')
     args = parser.parse_args(argv)
-    try:
-        if args.root is None:
-            from dataloader.paths import dataset_root
-            args.root = dataset_root()
-        raw_dir = download_kitti(args.root, args.list, args.base_url, args.folder)
-    except UserError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    if args.root is None:
+        args.root = dataset_root()
+    raw_dir = download_kitti(args.root, args.list, args.base_url, args.folder)
     print(f'KITTI raw data unpacked into {raw_dir}')
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -19,7 +19,7 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_download.build_index import build_cityscapes, build_cityscapes_sequence, build_gta5  # noqa: E402
-from dataloader.errors import UserError  # noqa: E402
+from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.labels import CITYSCAPES_LABELS  # noqa: E402
 
 # Cityscapes label ids of the classes drawn
@@ -300,7 +300,7 @@ def make_synthetic(root: str, height: int = 64, width: int = 128, num_source: in
             'cityscapes_sequence': build_cityscapes_sequence(root)}
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description='Write the synthetic source (gta5) and target (cityscapes) domains.')
     parser.add_argument('--out', required=True, help='output folder, used as UBNA_DIR_DATASET')
     parser.add_argument('--height', type=int, default=64)
@@ -312,16 +312,11 @@ def main(argv=None) -> int:
     parser.add_argument('--source-look', action='store_true',
                         help='write the cityscapes folders in the source appearance (a source-domain validation set)')
     args = parser.parse_args(argv)
-    try:
-        counts = make_synthetic(args.out, args.height, args.width, args.num_source, args.num_target_train,
-                                args.num_target_val, args.seed, shifted=not args.source_look)
-    except UserError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    counts = make_synthetic(args.out, args.height, args.width, args.num_source, args.num_target_train,
+                            args.num_target_val, args.seed, shifted=not args.source_look)
     for dataset, splits in counts.items():
         print(f"{dataset}: " + ', '.join(f'{split} {count}' for split, count in splits.items()))
-    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

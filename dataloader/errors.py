@@ -22,10 +22,11 @@ def user_message(exc: BaseException) -> str:
     return text
 
 
-def run_cli(main) -> None:
-    """Run an entry point; bad input ends with `error: <sentence>` on stderr and exit status 2."""
+def run_cli(main, argv=None) -> int:
+    """Run an entry point's main(argv); bad input prints `error: <sentence>` to stderr and gives status 2."""
     try:
-        main()
+        main(argv)
     except UserError as error:
         print(f'error: {user_message(error)}', file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0

@@ -63,6 +63,12 @@ def training_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, 
                         SEGMENTATION_PURPOSES, strict_sizes=False)
 
 
+def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, int]:
+    """The network input (height, width) of an adaptation loader for --adaptation-resize-height/-width."""
+    height, width = resize_hw
+    return (height * 320 // 512, width) if name == 'cityscapes_sequence_train' else resize_hw
+
+
 def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
     """Left and right camera images, concatenated; no labels.
 
@@ -74,7 +80,8 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
     source = _SOURCES[name]
     height, width = resize_hw
     if name == 'cityscapes_sequence_train':
-        transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024), (height * 320 // 512, width))
+        transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024),
+                                        adaptation_input_size(name, resize_hw))
     else:
         transform = AdaptationTransform(resize_hw)
     cameras = []

@@ -47,7 +47,12 @@ def test_evaluation_accepts_only_its_groups_and_needs_model_load(capsys):
 
 @pytest.mark.parametrize('parse, argv, message', [
     (parse_training_arguments, ['--segmentation-crop-height', '100'],
-     '--segmentation-crop-height must be a positive multiple of 32, got 100'),
+     '--segmentation-crop-height must be a multiple of 32 and at least 64, got 100'),
+    (parse_training_arguments, ['--segmentation-crop-height', '32'], 'at least 64, got 32'),
+    (parse_adaptation_arguments, ['--adaptation-training-loaders', 'cityscapes_sequence_train',
+                                  '--adaptation-resize-height', '200', '--adaptation-resize-width', '512'],
+     'give cityscapes_sequence_train network inputs of 125x512'),
+    (parse_adaptation_arguments, ['--adaptation-resize-height', '100'], 'network inputs of 100x640'),
     (parse_training_arguments, ['--segmentation-crop-width', '2048'], 'must not exceed'),
     (parse_training_arguments, ['--segmentation-training-batch-size', '0'],
      '--segmentation-training-batch-size must be at least 1, got 0'),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_download import build_index as bi
-from dataloader.errors import UserError
+from dataloader.errors import UserError, run_cli
 
 HEIGHT, WIDTH = 8, 16
 
@@ -253,11 +253,11 @@ def test_empty_image_folder_is_a_user_error(tmp_path):
 
 def test_cli(tmp_path, capsys):
     make_kitti_2015(tmp_path)
-    assert bi.main(['kitti_2015', '--root', str(tmp_path)]) == 0
+    assert run_cli(bi.main, ['kitti_2015', '--root', str(tmp_path)]) == 0
     assert 'train split with 4 samples' in capsys.readouterr().out
-    assert bi.main(['gta5', '--root', str(tmp_path)]) == 2
+    assert run_cli(bi.main, ['gta5', '--root', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: expected folder')
-    assert bi.main(['kitti_2015', '--root', str(tmp_path), '--kitti-split-train', 'x.txt']) == 2
+    assert run_cli(bi.main, ['kitti_2015', '--root', str(tmp_path), '--kitti-split-train', 'x.txt']) == 2
     assert 'apply to the dataset kitti only' in capsys.readouterr().err
 
 
@@ -265,7 +265,7 @@ def test_cli_kitti_split_files(tmp_path):
     make_kitti(tmp_path)
     train = tmp_path / 'train_files.txt'
     train.write_text('2011_09_26/2011_09_26_drive_0002_sync 0 l\n')
-    assert bi.main(['kitti', '--root', str(tmp_path), '--kitti-split-train', str(train)]) == 0
+    assert run_cli(bi.main, ['kitti', '--root', str(tmp_path), '--kitti-split-train', str(train)]) == 0
     assert load(tmp_path / 'kitti_kitti_split' / 'train.json')['files'][0] == [
         'Raw_data/2011_09_26/2011_09_26_drive_0002_sync/image_02/data/0000000000.png']
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_download import convert_segmentation_synthia as cs
-from dataloader.errors import UserError
+from dataloader.errors import UserError, run_cli
 
 
 def write_synthia_label(path, ids, seed=0):
@@ -54,6 +54,6 @@ def test_ids_above_255_are_a_user_error(tmp_path):
 def test_cli_converts_under_root(tmp_path, capsys):
     write_synthia_label(tmp_path / 'synthia' / 'RAND_CITYSCAPES' / 'GT' / 'LABELS' / 'a.png',
                         np.ones((2, 2), np.uint16))
-    assert cs.main(['--root', str(tmp_path)]) == 0
+    assert run_cli(cs.main, ['--root', str(tmp_path)]) == 0
     assert 'converted 1' in capsys.readouterr().out
-    assert cs.main(['--root', str(tmp_path / 'nowhere')]) == 2
+    assert run_cli(cs.main, ['--root', str(tmp_path / 'nowhere')]) == 2

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from data_download import download_kitti as dk
-from dataloader.errors import UserError
+from dataloader.errors import UserError, run_cli
 
 # drives per recording date as enumerated in spec §11 (151 in all; the spec's summary says 150)
 DRIVES_PER_DATE = {'2011_09_26': 45, '2011_09_28': 92, '2011_09_29': 3, '2011_09_30': 7, '2011_10_03': 4}
@@ -122,5 +122,5 @@ def test_download_archive_fetches_a_file_url(tmp_path):
 
 
 def test_cli_reports_a_missing_list_with_exit_status_2(tmp_path, capsys):
-    assert dk.main(['--root', str(tmp_path), '--list', str(tmp_path / 'none.txt')]) == 2
+    assert run_cli(dk.main, ['--root', str(tmp_path), '--list', str(tmp_path / 'none.txt')]) == 2
     assert capsys.readouterr().err.startswith('error: KITTI archive list')

@@ -149,3 +149,16 @@ def test_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(synthe
     assert result.stderr.strip().splitlines()[-1].startswith('error: the loss became ')  # after the progress bars
     assert sorted(os.listdir(folder)) == ['epoch_1']
     assert load(os.path.join(folder, 'epoch_1', 'train.pth')) == {'step': 1, 'epoch': 1}
+
+
+def test_training_resumes_weights_optimiser_scheduler_and_counters(trained, synthetic_root):
+    checkpoints, _ = trained
+    run_script('train.py', SMALL_MODEL + TRAIN + ['--model-name', 'resumed', '--train-num-epochs', '3',
+                                                  '--model-load', 'e2e/source/checkpoints/epoch_1'],
+               synthetic_root, checkpoints)
+    folder = os.path.join(checkpoints, 'e2e', 'resumed', 'checkpoints')
+    assert sorted(os.listdir(folder)) == ['epoch_2', 'epoch_3']  # epoch 1 was done before the resume
+    assert load(os.path.join(folder, 'epoch_3', 'train.pth')) == {'step': 6, 'epoch': 3}
+    optimiser = load(os.path.join(folder, 'epoch_3', 'optim.pth'))
+    assert optimiser['state'][0]['step'].item() == 6  # Adam's moments continued from the checkpoint
+    assert load(os.path.join(folder, 'epoch_3', 'scheduler.pth'))['last_epoch'] == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_download import make_synthetic as ms
-from dataloader.errors import UserError
+from dataloader.errors import UserError, run_cli
 
 DRAWN_IDS = {ms.ROAD, ms.SIDEWALK, ms.BUILDING, ms.POLE, ms.SIGN, ms.VEGETATION, ms.TERRAIN, ms.SKY, ms.PERSON,
              ms.CAR}
@@ -105,10 +105,10 @@ def test_size_must_be_a_multiple_of_32(tmp_path, size):
 
 def test_cli(tmp_path, capsys):
     out = str(tmp_path / 'data')
-    assert ms.main(['--out', out, '--height', '32', '--width', '64', '--num-source', '2',
+    assert run_cli(ms.main, ['--out', out, '--height', '32', '--width', '64', '--num-source', '2',
                     '--num-target-train', '1', '--num-target-val', '1']) == 0
     assert 'gta5_full_split: train 2' in capsys.readouterr().out
-    assert ms.main(['--out', out, '--height', '33']) == 2
+    assert run_cli(ms.main, ['--out', out, '--height', '33']) == 2
     assert 'multiples of 32' in capsys.readouterr().err
 
 
