@@ -55,7 +55,7 @@ def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show
             domain = batch['domain'][0]
             matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
             logits = model(batch['input'].to(device, non_blocking=True))
-            label = batch['label'].to(device, non_blocking=True)
+            label = batch['label'].to(device, non_blocking=True).long()
             for remap in remaps:
                 prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
                 matrices[remap].update(remapped_label(label, remap), prediction)

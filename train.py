@@ -64,7 +64,7 @@ def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_chec
     progress = tqdm(batches, desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', disable=not runtime.is_main)
     for loader_batches in progress:
         images = torch.cat([b['input'] for b in loader_batches]).to(device, non_blocking=True)
-        labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True)
+        labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True).long()
         logits = model(images)
         loss = loss_fn(logits, labels)
         if not all_finite(loss, runtime):

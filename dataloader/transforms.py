@@ -136,7 +136,7 @@ class SegmentationTrainTransform:
         if draw.flip:
             crop, cols = _flip(crop), cols[::-1]
         label = self.convert_label(raw['segmentation'][rows[:, None], cols])
-        return {**network_tensors(crop, draw.jitter), 'label': torch.from_numpy(label).long()}
+        return {**network_tensors(crop, draw.jitter), 'label': torch.from_numpy(label)}
 
 
 @dataclass(frozen=True)
@@ -183,4 +183,4 @@ class ValidationTransform:
     def __call__(self, raw: dict) -> dict:
         image = resize_color(Image.fromarray(raw['color']), self.resize_hw)
         label = self.convert_label(raw['segmentation'])
-        return {**network_tensors(image, None), 'label': torch.from_numpy(label).long()}
+        return {**network_tensors(image, None), 'label': torch.from_numpy(label)}

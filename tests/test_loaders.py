@@ -35,7 +35,7 @@ def test_training_loaders(named_datasets, name, domain):
     assert len(dataset) == 4
     batch = next(iter(make_loader(dataset, 2, shuffle=True, drop_last=True, num_workers=0, pin_memory=False)))
     assert batch['input'].shape == batch['image'].shape == (2, 3, 32, 80)
-    assert batch['label'].shape == (2, 32, 80) and batch['label'].dtype == torch.int64
+    assert batch['label'].shape == (2, 32, 80) and batch['label'].dtype == torch.uint8
     assert batch['domain'] == [domain, domain] and batch['purposes'] == [('segmentation',)] * 2
     labels = set(batch['label'].unique().tolist())
     assert labels <= set(range(19)) | {255} and len(labels) > 3

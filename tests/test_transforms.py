@@ -65,7 +65,7 @@ def test_train_transform_matches_pil(seed):
     image, label = pil_train_reference(draw, (64, 128), (32, 80))
     assert sample['image'].shape == (3, 32, 80) and sample['image'].dtype == torch.float32
     assert mean_abs_diff(sample['image'], image) < ONE_LEVEL
-    assert sample['label'].dtype == torch.int64 and np.array_equal(sample['label'].numpy(), np.asarray(label))
+    assert sample['label'].dtype == torch.uint8 and np.array_equal(sample['label'].numpy(), np.asarray(label))
     assert torch.allclose(sample['input'], normalize(sample['image']))
 
 
