@@ -29,7 +29,7 @@ def upsample_labels(prediction: torch.Tensor, size) -> torch.Tensor:
 def colorize(train_ids: torch.Tensor) -> torch.Tensor:
     """N×H×W train ids → N×3×H×W float colours in [0, 1] (Cityscapes palette)."""
     palette = torch.as_tensor(TRAIN_ID_COLORS, device=train_ids.device).float() / 255
-    return palette[train_ids.clamp(0, 255)].permute(0, 3, 1, 2)
+    return palette[train_ids.long().clamp(0, 255)].permute(0, 3, 1, 2)  # long: a uint8 index would be a mask
 
 
 def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
