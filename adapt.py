@@ -60,9 +60,9 @@ def log_momenta(writer: SummaryWriter, rows) -> None:
 
 
 def target_inputs(loader_names, batch_size: int, num_batches: int, resize_hw, crop_hw, num_workers: int,
-                  pin_memory: bool):
+                  pin_memory: bool, crop_at_offsets: bool = False):
     """The network inputs of `num_batches` target batches (loaders cycle); several loaders are concatenated."""
-    datasets = [loaders.adaptation_dataset(name, resize_hw, crop_hw) for name in loader_names]
+    datasets = [loaders.adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets) for name in loader_names]
     cycling = loaders.CyclingLoaders(
         [loaders.make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                              pin_memory=pin_memory) for dataset in datasets], num_batches)
@@ -87,7 +87,8 @@ def main(argv=None):
     batches = target_inputs(opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size,
                             opt.adaptation_num_batches, (opt.adaptation_resize_height, opt.adaptation_resize_width),
                             (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers,
-                            pin_memory=runtime.device.type == 'cuda')
+                            pin_memory=runtime.device.type == 'cuda',
+                            crop_at_offsets=opt.adaptation_crop_at_offsets)
     rows = adapt_batchnorm(state.model, batches, opt.adaptation_mode_sequential, opt.adaptation_batchnorm_momentum,
                            opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, runtime.device,
                            num_batches=opt.adaptation_num_batches)

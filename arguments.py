@@ -93,6 +93,9 @@ def _add_adaptation(parser):
     group.add_argument('--adaptation-resize-width', type=int, default=640)
     group.add_argument('--adaptation-crop-height', type=int, default=192)
     group.add_argument('--adaptation-crop-width', type=int, default=640)
+    group.add_argument('--adaptation-crop-at-offsets', action='store_true',
+                       help='(ours) cityscapes_sequence_train crops at the offsets (h*32//512, w*33//1024) the '
+                            'reference passes; by default at the top-left corner, as the reference does')
     group.add_argument('--adaptation-mode-sequential', default='none', choices=MODES,
                        help='none: constant momentum; batch_shrinking: UBNA; layer_shrinking: UBNA+; '
                             '(ours) target_only: cumulative average over the target batches (AdaBN)')

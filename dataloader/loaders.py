@@ -69,19 +69,21 @@ def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, i
     return (height * 320 // 512, width) if name == 'cityscapes_sequence_train' else resize_hw
 
 
-def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
+def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
+                       crop_at_offsets: bool = False) -> Dataset:
     """Left and right camera images, concatenated; no labels.
 
     As in the reference, crop_hw is not used: kitti_kitti_train only resizes, and cityscapes_sequence_train
     resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w) at the top-left corner (quirk: the
-    reference passes offsets (h*32//512, w*33//1024) but ignores them).
+    reference passes offsets (h*32//512, w*33//1024) but ignores them; crop_at_offsets uses them).
     """
     check_loader_names([name], 'adaptation')
     source = _SOURCES[name]
     height, width = resize_hw
     if name == 'cityscapes_sequence_train':
+        offset = (height * 32 // 512, width * 33 // 1024) if crop_at_offsets else (0, 0)
         transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024),
-                                        adaptation_input_size(name, resize_hw))
+                                        adaptation_input_size(name, resize_hw), offset)
     else:
         transform = AdaptationTransform(resize_hw)
     cameras = []

@@ -147,11 +147,13 @@ class AdaptationDraw:
 
 
 class AdaptationTransform:
-    """Flip, resize, optional crop at the top-left corner of the (flipped) resized image, jitter; no labels."""
+    """Flip, resize, optional crop at (top, left) of the (flipped) resized image, jitter; no labels."""
 
-    def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None):
+    def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None,
+                 crop_offset: tuple[int, int] = (0, 0)):
         self.resize_hw = resize_hw
         self.crop_hw = crop_hw
+        self.crop_offset = crop_offset
 
     def draw(self) -> AdaptationDraw:
         return AdaptationDraw(random.random() < 0.5, Jitter.draw())
@@ -164,10 +166,11 @@ class AdaptationTransform:
         if self.crop_hw is None:
             out = resize_color(image, self.resize_hw)
         else:
-            (rh, rw), (ch, cw) = self.resize_hw, self.crop_hw
-            left = rw - cw if draw.flip else 0  # the top-left corner of the flipped image is the top-right here
+            (rh, rw), (ch, cw), (top, left) = self.resize_hw, self.crop_hw, self.crop_offset
+            if draw.flip:  # a crop at `left` of the flipped image is the mirrored crop of the unflipped one
+                left = rw - cw - left
             sy, sx = image.height / rh, image.width / rw
-            out = resize_color(image, self.crop_hw, (left * sx, 0, (left + cw) * sx, ch * sy))
+            out = resize_color(image, self.crop_hw, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy))
         if draw.flip:
             out = _flip(out)
         return network_tensors(out, draw.jitter)

@@ -150,3 +150,16 @@ def test_draws_come_from_python_random():
     assert all(0.8 <= j.brightness <= 1.2 and 0.8 <= j.contrast <= 1.2 and 0.8 <= j.saturation <= 1.2
                and -0.1 <= j.hue <= 0.1 for j in jitters)
     assert {transform.draw().flip for _ in range(50)} == {False, True}
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_cityscapes_sequence_crop_at_the_passed_offsets(flip):
+    height, width = 256, 512
+    top, left = height * 32 // 512, width * 33 // 1024
+    resized_hw, crop_hw = (height * 568 // 512, width * 1092 // 1024), (height * 320 // 512, width)
+    sample = AdaptationTransform(resized_hw, crop_hw, (top, left)).apply({'color': IMAGE}, AdaptationDraw(flip, Jitter()))
+    reference = Image.fromarray(IMAGE)
+    if flip:
+        reference = reference.transpose(FLIP)
+    reference = reference.resize(resized_hw[::-1], Image.BILINEAR).crop((left, top, left + width, top + crop_hw[0]))
+    assert mean_abs_diff(sample['image'], reference) < ONE_LEVEL
