@@ -66,8 +66,7 @@ def target_inputs(loader_names, batch_size: int, num_batches: int, resize_hw, cr
     cycling = loaders.CyclingLoaders(
         [loaders.make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                              pin_memory=pin_memory) for dataset in datasets], num_batches)
-    for batches in cycling:
-        yield torch.cat([batch['input'] for batch in batches])
+    return (torch.cat([batch['input'] for batch in batches]) for batches in cycling)
 
 
 def main(argv=None):
@@ -76,6 +75,11 @@ def main(argv=None):
     runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     save_options(opt, folder)
+    batches = target_inputs(opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size,
+                            opt.adaptation_num_batches, (opt.adaptation_resize_height, opt.adaptation_resize_width),
+                            (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers,
+                            pin_memory=runtime.device.type == 'cuda',
+                            crop_at_offsets=opt.adaptation_crop_at_offsets)
     weights_init = 'scratch' if opt.model_load else opt.train_weights_init  # loaded weights replace ImageNet's
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
@@ -84,11 +88,6 @@ def main(argv=None):
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
     print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches '
           f'of {opt.adaptation_training_loaders}', flush=True)
-    batches = target_inputs(opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size,
-                            opt.adaptation_num_batches, (opt.adaptation_resize_height, opt.adaptation_resize_width),
-                            (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers,
-                            pin_memory=runtime.device.type == 'cuda',
-                            crop_at_offsets=opt.adaptation_crop_at_offsets)
     rows = adapt_batchnorm(state.model, batches, opt.adaptation_mode_sequential, opt.adaptation_batchnorm_momentum,
                            opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, runtime.device,
                            num_batches=opt.adaptation_num_batches)

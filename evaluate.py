@@ -141,9 +141,9 @@ def main(argv=None) -> dict:
     runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     save_options(opt, folder)
+    validation = validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')
     state = StateManager(opt.model_type, encoder_depth(opt), 'scratch', device=runtime.device)
     state.load(opt.model_load, weights_only=True)
-    validation = validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')
     remaps = opt.segmentation_eval_remaps.split(',')
     print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}', flush=True)
     scores, strips = evaluate_model(state.model, validation, remaps, runtime.device,

@@ -106,14 +106,14 @@ def main(argv=None) -> StateManager:
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:
         save_options(opt, folder)
+    batches = training_batches(opt, runtime, pin_memory)  # data first: its errors are the common ones
+    validation = validation_loaders_from(opt, pin_memory) if runtime.is_main else []
     state = StateManager(opt.model_type, encoder_depth(opt), opt.train_weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
                          device=runtime.device)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
     model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
-    batches = training_batches(opt, runtime, pin_memory)
-    validation = validation_loaders_from(opt, pin_memory) if runtime.is_main else []
     remaps = opt.segmentation_eval_remaps.split(',')
     loss_fn = segmentation_loss().to(runtime.device)
     writers = ({part: SummaryWriter(os.path.join(folder, part)) for part in ('train', 'validation', 'images')}

@@ -1,4 +1,5 @@
 """The one error type for bad user input, reported as a single sentence."""
+import re
 import sys
 
 _WORKER_MARKER = 'UserError: '
@@ -9,9 +10,9 @@ class UserError(Exception):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
+    """The first sentence of an exception's message (its type name when it has none)."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return re.split(r'(?<=\.)\s', lines[0], maxsplit=1)[0].rstrip('.') if lines else type(exc).__name__
 
 
 def user_message(exc: BaseException) -> str:
