@@ -267,9 +267,10 @@ def write_target(root: str, split: str, count: int, height: int, width: int, see
         rng = scene_rng(seed, domain, index)
         ids, rgb = render_scene(height, width + STEREO_SHIFT, rng)
         gain = TARGET_GAIN * rng.uniform(0.93, 1.07, 3).astype(np.float32)  # the cast varies a little per scene
-        look = (lambda view: shift_to_target(view, gain, rng)) if shifted else (lambda view: view)
-        left = to_bgr_uint8(look(rgb[:, STEREO_SHIFT:]))
-        right = to_bgr_uint8(look(rgb[:, :width]))
+        left, right = rgb[:, STEREO_SHIFT:], rgb[:, :width]
+        if shifted:
+            left, right = shift_to_target(left, gain, rng), shift_to_target(right, gain, rng)
+        left, right = to_bgr_uint8(left), to_bgr_uint8(right)
         stem = f'{city}_{index:06d}_000019'
         views = {'leftImg8bit': png_bytes(left), 'rightImg8bit': png_bytes(right)}
         for kind, data in views.items():

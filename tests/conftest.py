@@ -7,6 +7,8 @@ import pytest
 
 from data_download.make_synthetic import make_synthetic
 
+pytest_plugins = ('tests.dataset_fixtures',)  # the ubna_env and named_datasets fixtures
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

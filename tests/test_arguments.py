@@ -30,7 +30,7 @@ def test_adaptation_defaults_match_the_spec():
     assert (opt.adaptation_resize_height, opt.adaptation_resize_width) == (192, 640)
     assert (opt.adaptation_crop_height, opt.adaptation_crop_width) == (192, 640)
     assert opt.adaptation_mode_sequential == 'none'
-    assert (opt.adaptation_alpha_batch, opt.adaptation_alpha_layer, opt.adaptation_batchnorm_momentum) == (0.1, 0.1, 0.1)
+    assert opt.adaptation_alpha_batch == opt.adaptation_alpha_layer == opt.adaptation_batchnorm_momentum == 0.1
     assert opt.adaptation_xlsx_frequency == 1
     assert not hasattr(opt, 'segmentation_training_loaders')  # adapt.py has no segmentation training group
 

@@ -99,7 +99,7 @@ def check_split_format(dataset_dir, split_path):
     for files, positions, folders, basic_files in zip(split['files'], split['positions'], split['folders'],
                                                      basic['files']):
         assert len(files) == len(positions)
-        for path, (global_index, before, after, basic_index) in zip(files, positions):
+        for path, (_, before, after, basic_index) in zip(files, positions):
             assert os.path.isfile(os.path.join(dataset_dir, path)) and not os.path.isabs(path)
             assert basic_files[basic_index] == path and before >= 0 and after >= 0
             assert path.rsplit('/', 1)[0] in folders

@@ -13,7 +13,7 @@ from dataloader.errors import UserError, user_message
 from dataloader.loaders import (ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS, CyclingLoaders,
                                 adaptation_dataset, check_loader_names, collate, make_loader, training_dataset,
                                 validation_dataset, validation_loaders)
-from tests.dataset_fixtures import named_datasets, ubna_env, write_dataset  # noqa: F401 (fixtures)
+from tests.dataset_fixtures import write_dataset
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)

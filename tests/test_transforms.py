@@ -157,7 +157,8 @@ def test_cityscapes_sequence_crop_at_the_passed_offsets(flip):
     height, width = 256, 512
     top, left = height * 32 // 512, width * 33 // 1024
     resized_hw, crop_hw = (height * 568 // 512, width * 1092 // 1024), (height * 320 // 512, width)
-    sample = AdaptationTransform(resized_hw, crop_hw, (top, left)).apply({'color': IMAGE}, AdaptationDraw(flip, Jitter()))
+    transform = AdaptationTransform(resized_hw, crop_hw, (top, left))
+    sample = transform.apply({'color': IMAGE}, AdaptationDraw(flip, Jitter()))
     reference = Image.fromarray(IMAGE)
     if flip:
         reference = reference.transpose(FLIP)
