@@ -13,6 +13,7 @@ from arguments import encoder_depth, parse_adaptation_arguments
 from dataloader import loaders
 from dataloader.errors import run_cli
 from dataloader.paths import check_environment
+from dataloader.transforms import to_network_input
 from models.adaptation import layer_momenta, prepare_batchnorm, set_momenta
 from models.ubna import encoder_batchnorm_layers
 from state_manager import (StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime,
@@ -60,13 +61,14 @@ def log_momenta(writer: SummaryWriter, rows) -> None:
 
 
 def target_inputs(loader_names, batch_size: int, num_batches: int, resize_hw, crop_hw, num_workers: int,
-                  pin_memory: bool, crop_at_offsets: bool = False):
-    """The network inputs of `num_batches` target batches (loaders cycle); several loaders are concatenated."""
+                  device, crop_at_offsets: bool = False):
+    """The network inputs on `device` of `num_batches` target batches (loaders cycle); several loaders are
+    concatenated."""
     datasets = [loaders.adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets) for name in loader_names]
     cycling = loaders.CyclingLoaders(
         [loaders.make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                             pin_memory=pin_memory) for dataset in datasets], num_batches)
-    return (torch.cat([batch['input'] for batch in batches]) for batches in cycling)
+                             pin_memory=torch.device(device).type == 'cuda') for dataset in datasets], num_batches)
+    return (to_network_input(torch.cat([batch['input'] for batch in batches]), device) for batches in cycling)
 
 
 def main(argv=None):
@@ -78,8 +80,7 @@ def main(argv=None):
     batches = target_inputs(opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size,
                             opt.adaptation_num_batches, (opt.adaptation_resize_height, opt.adaptation_resize_width),
                             (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers,
-                            pin_memory=runtime.device.type == 'cuda',
-                            crop_at_offsets=opt.adaptation_crop_at_offsets)
+                            runtime.device, crop_at_offsets=opt.adaptation_crop_at_offsets)
     weights_init = 'scratch' if opt.model_load else opt.train_weights_init  # loaded weights replace ImageNet's
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,

@@ -15,6 +15,7 @@ from dataloader.errors import UserError, run_cli
 from dataloader.labels import CLASS_NAMES, TRAIN_ID_COLORS
 from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
 from dataloader.paths import check_environment
+from dataloader.transforms import to_network_input
 from state_manager import (StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime,
                            write_atomically, write_json)
 
@@ -33,7 +34,8 @@ def colorize(train_ids: torch.Tensor) -> torch.Tensor:
 
 
 def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """One 3×H×3W picture: image | prediction | label, at the network input size."""
+    """One 3×H×3W float picture: image (uint8) | prediction | label, at the network input size."""
+    image = image.to(prediction.device).float() / 255
     label = upsample_labels(label[None], image.shape[-2:])[0]
     return torch.cat((image, colorize(prediction[None])[0], colorize(label[None])[0]), dim=2).clamp(0, 1)
 
@@ -54,14 +56,14 @@ def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show
         for batch in tqdm(loader, desc=f'evaluate {name}', leave=False, disable=not show_progress):
             domain = batch['domain'][0]
             matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
-            logits = model(batch['input'].to(device, non_blocking=True))
+            logits = model(to_network_input(batch['input'], device))
             label = batch['label'].to(device, non_blocking=True).long()
             for remap in remaps:
                 prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
                 matrices[remap].update(remapped_label(label, remap), prediction)
             domain_strips = strips.setdefault(domain, [])
             for i in range(min(len(label), num_images - len(domain_strips))):
-                domain_strips.append(strip(batch['image'][i].to(device), logits[i].argmax(0), label[i]).cpu())
+                domain_strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
     model.train(was_training)
     return scores, strips
 

@@ -18,6 +18,7 @@ from arguments import encoder_depth, parse_training_arguments
 from dataloader import loaders
 from dataloader.errors import UserError, run_cli
 from dataloader.paths import check_environment
+from dataloader.transforms import to_network_input
 from evaluate import evaluate_model, strip, summary_table, validation_loaders_from
 from losses.segmentation import segmentation_loss
 from state_manager import StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime
@@ -63,7 +64,7 @@ def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_chec
     started, seen = time.time(), 0
     progress = tqdm(batches, desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', disable=not runtime.is_main)
     for loader_batches in progress:
-        images = torch.cat([b['input'] for b in loader_batches]).to(device, non_blocking=True)
+        images = to_network_input(torch.cat([b['input'] for b in loader_batches]), device)
         labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True).long()
         logits = model(images)
         loss = loss_fn(logits, labels)
@@ -80,7 +81,7 @@ def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_chec
         if state.step % opt.train_tb_frequency == 0:
             writers['train'].add_scalar('loss', loss.item(), state.step)
             writers['train'].add_scalar('learning_rate', state.optimizer.param_groups[0]['lr'], state.step)
-            picture = strip(loader_batches[0]['image'][0].to(device), logits[0].detach().argmax(0), labels[0])
+            picture = strip(loader_batches[0]['image'][0], logits[0].detach().argmax(0), labels[0])
             writers['images'].add_image('train/image_prediction_label', picture, state.step)
         if state.step % opt.train_print_frequency == 0:
             progress.write(f'epoch {state.epoch + 1} step {state.step}: loss {loss.item():.4f}, '

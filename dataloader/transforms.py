@@ -74,21 +74,26 @@ def resize_twice_and_crop(image: Image.Image, resize_hw: tuple[int, int], rescal
     return resize_color(region, crop_hw, (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
 
 
-def _chw_float(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
+def _chw(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of a 3×H×W tensor in [0, 1]."""
-    return (image - IMAGENET_MEAN) / IMAGENET_STD
+    """ImageNet normalisation of a (N×)3×H×W float tensor in [0, 1], on its device."""
+    return (image - IMAGENET_MEAN.to(image.device)) / IMAGENET_STD.to(image.device)
+
+
+def to_network_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 (N×)3×H×W images → normalised float on `device` (converted there: cheap on a GPU)."""
+    return normalize(images.to(device, non_blocking=True).float().div_(255))
 
 
 def network_tensors(image: Image.Image, jitter: Jitter | None) -> dict:
-    """'image' (in [0, 1], not jittered) and 'input' (jittered when given, normalised)."""
-    rgb = np.asarray(image)
-    plain = _chw_float(rgb)
-    jittered = plain if jitter is None else _chw_float(jitter.apply(image))
-    return {'input': normalize(jittered), 'image': plain}
+    """'image' (not jittered) and 'input' (jittered when given), uint8 3×H×W: a quarter of the float
+    bytes between loader workers and the main process; to_network_input makes the network input."""
+    plain = _chw(np.asarray(image))
+    jittered = plain if jitter is None else _chw(jitter.apply(image))
+    return {'input': jittered, 'image': plain}
 
 
 def _flip(image: Image.Image) -> Image.Image:

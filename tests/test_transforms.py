@@ -9,7 +9,8 @@ from PIL import Image
 
 from dataloader.labels import label_converter
 from dataloader.transforms import (AdaptationDraw, AdaptationTransform, Jitter, SegmentationTrainTransform,
-                                   TrainDraw, ValidationTransform, nearest_indices, normalize)
+                                   TrainDraw, ValidationTransform, nearest_indices, normalize,
+                                   to_network_input)
 
 RNG = np.random.default_rng(0)
 ONE_LEVEL = 1 / 255
@@ -24,7 +25,7 @@ def fine_detail(height: int, width: int) -> np.ndarray:
 
 
 def as_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.permute(1, 2, 0).numpy() * 255).round()
+    return image.permute(1, 2, 0).numpy().astype(np.float64)
 
 
 def mean_abs_diff(ours: torch.Tensor, reference: Image.Image) -> float:
@@ -63,10 +64,10 @@ def test_train_transform_matches_pil(seed):
     draw = TrainDraw(drawn.flip, drawn.rescaled_hw, drawn.top, drawn.left, Jitter())
     sample = transform.apply({'color': IMAGE, 'segmentation': LABEL}, draw)
     image, label = pil_train_reference(draw, (64, 128), (32, 80))
-    assert sample['image'].shape == (3, 32, 80) and sample['image'].dtype == torch.float32
+    assert sample['image'].shape == (3, 32, 80) and sample['image'].dtype == torch.uint8
     assert mean_abs_diff(sample['image'], image) < ONE_LEVEL
     assert sample['label'].dtype == torch.uint8 and np.array_equal(sample['label'].numpy(), np.asarray(label))
-    assert torch.allclose(sample['input'], normalize(sample['image']))
+    assert torch.equal(sample['input'], sample['image'])  # no jitter drawn
 
 
 def test_train_flip_is_the_mirrored_crop():
@@ -112,7 +113,15 @@ def test_validation_resizes_image_only():
         {'color': IMAGE, 'segmentation': np.full((150, 300), 7, np.uint8)})
     assert mean_abs_diff(sample['image'], Image.fromarray(IMAGE).resize((128, 64), Image.BILINEAR)) == 0
     assert sample['label'].shape == (150, 300) and (sample['label'] == 0).all()
-    assert torch.allclose(sample['input'], normalize(sample['image']))
+    assert torch.equal(sample['input'], sample['image'])
+
+
+def test_network_input_is_the_normalised_image():
+    images = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8)
+    expected = (images.float() / 255 - torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)) \
+        / torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    network_input = to_network_input(images, 'cpu')
+    assert network_input.dtype == torch.float32 and torch.allclose(network_input, expected)
 
 
 def test_normalize_uses_imagenet_statistics():
@@ -128,7 +137,7 @@ def test_jitter_touches_input_only():
     jittered = transform.apply({'color': IMAGE}, AdaptationDraw(False, jitter))
     plain = transform.apply({'color': IMAGE}, AdaptationDraw(False, Jitter()))
     assert torch.equal(jittered['image'], plain['image'])
-    assert not torch.allclose(jittered['input'], plain['input'])
+    assert not torch.equal(jittered['input'], plain['input'])
 
 
 @pytest.mark.parametrize('jitter', [Jitter(), Jitter(1.15, 0.85, 1.1, 0.07), Jitter(0.8, 1.2, 0.8, -0.1)])

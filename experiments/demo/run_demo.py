@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from adapt import adapt_batchnorm, target_inputs  # noqa: E402
 from data_download.make_synthetic import make_synthetic  # noqa: E402
 from dataloader import loaders  # noqa: E402
+from dataloader.transforms import to_network_input  # noqa: E402
 from evaluate import colorize, evaluate_model  # noqa: E402
 from state_manager import StateManager  # noqa: E402
 
@@ -104,7 +105,7 @@ def curve(s: dict) -> dict:
 
         measure(-1)  # k = 0: the source model
         batches = target_inputs(['cityscapes_sequence_train'], 6, s['adaptation_batches'], (103, 128), (103, 128),
-                                s['workers'], False)
+                                s['workers'], 'cpu')
         adapt_batchnorm(model, batches, mode, 0.1, alpha_batch, alpha_layer, torch.device('cpu'),
                         show_progress=False, after_batch=measure)
         curves[label] = points
@@ -137,7 +138,8 @@ def predictions_figure(s: dict, path: str) -> None:
     batch = next(iter(target_validation(s)[0][1]))
     n = s['images']
     columns = {'target image': batch['image'][:n]}
-    columns.update((title, colorize(model.eval()(batch['input'][:n]).argmax(1))) for title, model in models.items())
+    inputs = to_network_input(batch['input'][:n], 'cpu')
+    columns.update((title, colorize(model.eval()(inputs).argmax(1))) for title, model in models.items())
     columns['label'] = colorize(batch['label'][:n])
     figure, axes = plt.subplots(n, len(columns), figsize=(2.4 * len(columns), 1.35 * n), dpi=100, squeeze=False)
     for column, (title, pictures) in enumerate(columns.items()):
