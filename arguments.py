@@ -6,10 +6,13 @@ evaluate.py: system, model, segmentation validation
 Values are checked once, here, before any work starts.
 """
 import argparse
+import math
 
 from dataloader import loaders
 from dataloader.metrics import REMAPS
+from dataloader.paths import relative_name_problem
 from models.adaptation import MODES
+from runtime import PRECISIONS
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
 
@@ -22,6 +25,9 @@ def _add_system(parser):
                        help='seed every generator with 1 and make cuDNN deterministic')
     group.add_argument('--sys-sync-batchnorm', action='store_true',
                        help='(ours) synchronise BatchNorm across GPUs when run under torchrun')
+    group.add_argument('--sys-precision', default='fp32', choices=tuple(PRECISIONS),
+                       help='(ours) bf16/fp16: mixed-precision autocast (channels_last on a GPU); parameters and '
+                            'BatchNorm statistics stay fp32. fp32 reproduces the reference\'s numbers')
 
 
 def _add_model(parser):
@@ -110,6 +116,24 @@ def _split(names: str) -> list:
     return [name for name in names.split(',') if name]
 
 
+def _check_finite(parser, opt) -> None:
+    """Every float flag of the job must be a finite number (nan and inf slip through range comparisons)."""
+    for action in parser._actions:
+        value = getattr(opt, action.dest, None)
+        if action.type is float and value is not None and not math.isfinite(value):
+            parser.error(f'{action.option_strings[0]} must be a finite number, got {value}')
+
+
+def _check_names(parser, opt) -> None:
+    """Experiment folder names and --model-load: relative paths of plain names, so they stay inside the base."""
+    for flag in ('--experiment-class', '--model-name', '--model-load'):
+        value = getattr(opt, flag[2:].replace('-', '_'))
+        problem = None if value is None else relative_name_problem(value)  # --model-load may be unset
+        if problem:
+            parser.error(f'{flag} {value!r} {problem}; give folder names joined by / that stay inside '
+                         f'$UBNA_DIR_CHECKPOINT')
+
+
 def _check(parser, opt, job: str) -> None:
     """One clear message per bad value, before any work starts."""
     def positive(flag):
@@ -131,6 +155,8 @@ def _check(parser, opt, job: str) -> None:
         except Exception as error:
             parser.error(f'{flag}: {error}')
 
+    _check_finite(parser, opt)
+    _check_names(parser, opt)
     if opt.sys_num_workers < 0:
         parser.error(f'--sys-num-workers must be 0 or more, got {opt.sys_num_workers}')
     network_side('--segmentation-validation-resize-height')
@@ -169,7 +195,8 @@ def _check(parser, opt, job: str) -> None:
     if job == 'adapt':
         loader_names('--adaptation-training-loaders', 'adaptation')
         for flag in ('--adaptation-training-batch-size', '--adaptation-num-batches', '--adaptation-resize-height',
-                     '--adaptation-resize-width', '--adaptation-crop-height', '--adaptation-crop-width'):
+                     '--adaptation-resize-width', '--adaptation-crop-height', '--adaptation-crop-width',
+                     '--adaptation-xlsx-frequency'):
             positive(flag)
         for name in _split(opt.adaptation_training_loaders):
             height, width = loaders.adaptation_input_size(

@@ -5,111 +5,15 @@ import sys
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from arguments import encoder_depth, parse_evaluation_arguments
-from dataloader import loaders
 from dataloader.errors import UserError, run_cli
-from dataloader.labels import CLASS_NAMES, TRAIN_ID_COLORS
-from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
+from dataloader.loaders import StartedLoader
 from dataloader.paths import check_environment
-from dataloader.transforms import to_network_input
-from state_manager import (StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime,
-                           write_atomically, write_json)
-
-
-def upsample_labels(prediction: torch.Tensor, size) -> torch.Tensor:
-    """Nearest upsampling of an N×h×w map of class indices (argmax first: 1 channel instead of 20)."""
-    if tuple(prediction.shape[-2:]) == tuple(size):
-        return prediction
-    return F.interpolate(prediction[:, None].float(), size=size, mode='nearest')[:, 0].long()
-
-
-def colorize(train_ids: torch.Tensor) -> torch.Tensor:
-    """N×H×W train ids → N×3×H×W float colours in [0, 1] (Cityscapes palette)."""
-    palette = torch.as_tensor(TRAIN_ID_COLORS, device=train_ids.device).float() / 255
-    return palette[train_ids.long().clamp(0, 255)].permute(0, 3, 1, 2)  # long: a uint8 index would be a mask
-
-
-def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """One 3×H×3W float picture: image (uint8) | prediction | label, at the network input size."""
-    image = image.to(prediction.device).float() / 255
-    label = upsample_labels(label[None], image.shape[-2:])[0]
-    return torch.cat((image, colorize(prediction[None])[0], colorize(label[None])[0]), dim=2).clamp(0, 1)
-
-
-@torch.no_grad()
-def evaluate_model(model, validation_loaders, remaps, device, num_images=0, show_progress=True,
-                   skip_unused_class=False):
-    """Run the model in eval mode over each validation loader.
-
-    skip_unused_class: never predict the unused class 19, so that every labelled pixel counts.
-    Returns ({domain: {remap: ConfusionMatrix}}, {domain: [strip, ...]}) with at most
-    `num_images` strips per domain.
-    """
-    was_training = model.training
-    model.eval()
-    scores, strips = {}, {}
-    for name, loader in validation_loaders:
-        for batch in tqdm(loader, desc=f'evaluate {name}', leave=False, disable=not show_progress):
-            domain = batch['domain'][0]
-            matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
-            logits = model(to_network_input(batch['input'], device))
-            label = batch['label'].to(device, non_blocking=True).long()
-            for remap in remaps:
-                prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
-                matrices[remap].update(remapped_label(label, remap), prediction)
-            domain_strips = strips.setdefault(domain, [])
-            for i in range(min(len(label), num_images - len(domain_strips))):
-                domain_strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
-    model.train(was_training)
-    return scores, strips
-
-
-def summary_table(eval_name: str, scores) -> str:
-    """The reference's table: eval_name | domain | remap | miou | accuracy."""
-    lines = ['eval_name    | domain               | remap    |     miou | accuracy']
-    for domain, matrices in scores.items():
-        for remap, matrix in matrices.items():
-            lines.append(f'{eval_name:12} | {domain:20} | {remap:8} | {matrix.miou():8.3f} | '
-                         f'{matrix.mean_accuracy():8.3f}')
-    return '\n'.join(lines)
-
-
-def class_table(scores) -> str:
-    """IoU per class (rows) for every domain and remap (columns); '-' where a remap drops the class."""
-    columns = [(domain, remap) for domain, matrices in scores.items() for remap in matrices]
-    header = f'{"class":14}' + ''.join(f' | {f"{d}/{r}":>22}' for d, r in columns)
-    lines = [header]
-    for train_id, class_name in enumerate(CLASS_NAMES):
-        cells = []
-        for domain, remap in columns:
-            kept = REMAPS[remap]
-            iou = scores[domain][remap].iou()[kept.index(train_id)].item() if train_id in kept else None
-            cells.append(f' | {"-" if iou is None else f"{iou:.3f}":>22}')
-        lines.append(f'{class_name:14}' + ''.join(cells))
-    return '\n'.join(lines)
-
-
-def results_dict(eval_name: str, scores) -> dict:
-    """Everything measured, per domain and remap, with IoU and accuracy per class (null = NaN)."""
-    def number(value):
-        return None if np.isnan(value) else value
-
-    results = {'eval_name': eval_name, 'domains': {}}
-    for domain, matrices in scores.items():
-        for remap, matrix in matrices.items():
-            names = [CLASS_NAMES[i] for i in REMAPS[remap]]
-            results['domains'].setdefault(domain, {})[remap] = {
-                'miou': number(matrix.miou()),
-                'mean_accuracy': number(matrix.mean_accuracy()),
-                'iou': {n: number(v) for n, v in zip(names, matrix.iou().tolist())},
-                'accuracy': {n: number(v) for n, v in zip(names, matrix.class_accuracy().tolist())},
-                'confusion_matrix': matrix.matrix.tolist(),
-            }
-    return results
+from experiment_lock import lock_experiment
+from runtime import LoopTimer, setup_runtime, teardown_runtime
+from state_manager import StateManager, experiment_dir, save_options, write_atomically, write_json
+from validation import class_table, evaluate_model, results_dict, summary_table, validation_loaders_from
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
@@ -130,27 +34,24 @@ def save_strips(folder: str, strips) -> None:
                       (picture.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
 
 
-def validation_loaders_from(opt, pin_memory: bool):
-    return loaders.validation_loaders(
-        opt.segmentation_validation_loaders.split(','), opt.segmentation_validation_batch_size,
-        (opt.segmentation_validation_resize_height, opt.segmentation_validation_resize_width),
-        opt.sys_num_workers, pin_memory)
-
-
 def main(argv=None) -> dict:
     opt = parse_evaluation_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism)
+    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism, opt.sys_precision)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
+    lock_experiment(folder)
     save_options(opt, folder)
-    validation = validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')
-    state = StateManager(opt.model_type, encoder_depth(opt), 'scratch', device=runtime.device)
+    validation = [(name, StartedLoader(loader))  # data first: its errors come first, and its workers start now
+                  for name, loader in validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')]
+    state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
     state.load(opt.model_load, weights_only=True)
     remaps = opt.segmentation_eval_remaps.split(',')
     print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}', flush=True)
-    scores, strips = evaluate_model(state.model, validation, remaps, runtime.device,
+    timer = LoopTimer(runtime)
+    scores, strips = evaluate_model(runtime.prepare(state.model), validation, remaps, runtime,
                                     opt.segmentation_eval_num_images,
-                                    skip_unused_class=opt.segmentation_eval_skip_unused_class)
+                                    skip_unused_class=opt.segmentation_eval_skip_unused_class, timer=timer)
+    print(timer.summary('evaluate'), flush=True)
     print(summary_table(opt.model_name, scores))
     print(class_table(scores))
     results = results_dict(opt.model_name, scores)

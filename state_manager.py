@@ -1,23 +1,19 @@
 """The state of a run: model, Adam and StepLR, saved to and restored from checkpoint folders (spec §1, §6);
-and the run around it: device, seeding, torchrun processes, the experiment folder and its files."""
+and the experiment folder with its files."""
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from dataloader.errors import UserError, first_line
-from dataloader.paths import checkpoint_root
+from dataloader.paths import checkpoint_path
 from models.encoders import DEPTH_FLAGS
 from models.ubna import build_model
 
@@ -25,6 +21,7 @@ ENCODER_PREFIX = 'common.encoder.encoder.'
 UNUSED_HEAD_PREFIXES = (ENCODER_PREFIX + 'classifier.', ENCODER_PREFIX + 'fc.')  # ImageNet heads, never used
 MAX_LISTED_KEYS = 3
 PICKLED_CODE_ERRORS = r'GLOBAL|unrecognized function|Can only create new object'  # torch's weights_only refusals
+STAGING_NAME = re.compile(r'\.(?P<name>.+)\.[0-9a-f]{32}\.tmp(?P<retired>\.old)?')  # checkpoints being written
 
 
 def read_torch_file(path: str) -> object:
@@ -119,6 +116,40 @@ def _fsync_folder(path: str) -> None:
         os.close(descriptor)
 
 
+def _staging_folder(checkpoints: str, name: str) -> str:
+    """A new, unused staging path for checkpoint `name`: .<name>.<32 hex>.tmp (its retired twin adds .old)."""
+    return os.path.join(checkpoints, f'.{name}.{uuid.uuid4().hex}.tmp')
+
+
+def _interrupted_swap(target: str) -> str | None:
+    """When a kill stopped the replacement of `target` between its two renames (no `target`, a retired twin):
+    the complete copy to use, the new one if present, else the old one; None otherwise."""
+    checkpoints, name = os.path.split(target)
+    if os.path.isdir(target) or not os.path.isdir(checkpoints):
+        return None
+    for entry in sorted(os.listdir(checkpoints)):
+        found = STAGING_NAME.fullmatch(entry)
+        if found and found['name'] == name and found['retired']:
+            retired = os.path.join(checkpoints, entry)
+            return retired[:-len('.old')] if os.path.isdir(retired[:-len('.old')]) else retired
+    return None
+
+
+def _tidy_checkpoints(checkpoints: str) -> None:
+    """Before a save (one writer per experiment): finish swaps a kill interrupted, delete what killed saves left."""
+    entries = sorted(os.listdir(checkpoints))
+    for entry in entries:
+        found = STAGING_NAME.fullmatch(entry)
+        if found and found['retired']:
+            target = os.path.join(checkpoints, found['name'])
+            complete = _interrupted_swap(target)
+            if complete is not None:
+                os.replace(complete, target)
+    for entry in entries:
+        if STAGING_NAME.fullmatch(entry) and os.path.isdir(os.path.join(checkpoints, entry)):
+            shutil.rmtree(os.path.join(checkpoints, entry))  # half-written staging, or a retired old checkpoint
+
+
 class StateManager:
     """Builds the model, Adam and StepLR; keeps step and epoch; saves and loads checkpoint folders."""
 
@@ -126,7 +157,7 @@ class StateManager:
                  weight_decay: float = 0.0, scheduler_step_size: int = 15, scheduler_gamma: float | None = None,
                  device: str | torch.device = 'cpu'):
         self.device = torch.device(device)
-        self.model = build_model(model_type, num_layers, weights_init).to(self.device)
+        self.model = build_model(model_type, num_layers, weights_init, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
         gamma = learning_rate if scheduler_gamma is None else scheduler_gamma  # spec §6 quirk: gamma = learning rate
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, scheduler_step_size, gamma)
@@ -137,8 +168,9 @@ class StateManager:
         """Write experiment_dir/checkpoints/<name>/{model,optim,scheduler,train}.pth as a whole; return the folder."""
         checkpoints = os.path.join(experiment_dir, 'checkpoints')
         os.makedirs(checkpoints, exist_ok=True)
+        _tidy_checkpoints(checkpoints)
         target = os.path.join(checkpoints, name)
-        staging = os.path.join(checkpoints, f'.{name}.{uuid.uuid4().hex}.tmp')  # renamed into place when complete
+        staging = _staging_folder(checkpoints, name)  # renamed into place when complete
         os.mkdir(staging)
         try:
             _save_synced(self.model.state_dict(), os.path.join(staging, 'model.pth'))
@@ -149,6 +181,8 @@ class StateManager:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if os.path.isdir(target):  # swap whole folders; the old one is deleted only once the new one is in place
+            # A kill between the two renames leaves no `target` but two complete copies, the retired one and the
+            # staged one: load() then reads the staged one and the next save() renames it into place.
             retired = staging + '.old'
             os.replace(target, retired)
             os.replace(staging, target)
@@ -160,7 +194,11 @@ class StateManager:
 
     def load(self, folder: str, weights_only: bool = False) -> None:
         """Restore from a checkpoint folder relative to UBNA_DIR_CHECKPOINT; weights_only loads model.pth alone."""
-        full = os.path.join(checkpoint_root(), folder)
+        full = checkpoint_path(folder)
+        complete = _interrupted_swap(full)
+        if complete is not None:
+            _warn(f'the checkpoint {folder} was being replaced when its writer stopped; loading its copy {complete}')
+            full = complete
         if not os.path.isdir(full):
             raise UserError(f'the checkpoint folder {folder} does not exist in UBNA_DIR_CHECKPOINT ({full})')
         model_path = os.path.join(full, 'model.pth')
@@ -201,65 +239,12 @@ class StateManager:
         self.step, self.epoch = state['step'], state['epoch']
 
 # ---------------------------------------------------------------------------------------------
-# The run around the state: device, seeding, torchrun processes, the experiment folder.
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: its device, its rank among `world_size` torchrun processes."""
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def seed_everything(seed: int = 1) -> None:
-    """Best-effort determinism as in the reference: seed every generator, deterministic cuDNN."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def setup_runtime(use_cpu: bool, deterministic: bool) -> Runtime:
-    """Pick the device, join the torchrun process group when launched by torchrun, seed if asked."""
-    use_cuda = torch.cuda.is_available() and not use_cpu
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device('cuda', local_rank)
-    else:
-        device = torch.device('cpu')
-    if world_size > 1:
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
-    if deterministic:
-        seed_everything(1)
-    elif use_cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    return Runtime(device, rank, world_size)
-
-
-def teardown_runtime(runtime: Runtime) -> None:
-    """Leave the process group cleanly (a barrier first: gloo can abort when a peer exits early)."""
-    if runtime.distributed and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+# The experiment folder and its files.
 
 
 def experiment_dir(experiment_class: str, model_name: str) -> str:
-    """$UBNA_DIR_CHECKPOINT/<experiment-class>/<model-name>, created if missing."""
-    path = os.path.join(checkpoint_root(), experiment_class, model_name)
+    """$UBNA_DIR_CHECKPOINT/<experiment-class>/<model-name>, created if missing; never a folder outside it."""
+    path = checkpoint_path(os.path.join(experiment_class, model_name))
     os.makedirs(path, exist_ok=True)
     return path
 

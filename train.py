@@ -19,9 +19,11 @@ from dataloader import loaders
 from dataloader.errors import UserError, run_cli
 from dataloader.paths import check_environment
 from dataloader.transforms import to_network_input
-from evaluate import evaluate_model, strip, summary_table, validation_loaders_from
+from experiment_lock import lock_experiment
 from losses.segmentation import segmentation_loss
-from state_manager import StateManager, experiment_dir, save_options, setup_runtime, teardown_runtime
+from runtime import LoopTimer, setup_runtime, teardown_runtime
+from state_manager import StateManager, experiment_dir, save_options
+from validation import evaluate_model, strip, summary_table, validation_loaders_from
 
 
 def training_batches(opt, runtime, pin_memory: bool) -> loaders.CyclingLoaders:
@@ -57,23 +59,28 @@ def all_finite(loss: torch.Tensor, runtime) -> bool:
     return bool(finite.item())
 
 
-def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_checkpoint):
+def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, last_checkpoint):
     """One epoch of weighted cross-entropy steps; logs every --train-tb/print-frequency steps."""
     model.train()
     device = runtime.device
     started, seen = time.time(), 0
-    progress = tqdm(batches, desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', disable=not runtime.is_main)
+    timer = LoopTimer(runtime)
+    progress = tqdm(timer.wrap(batches, count=lambda loader_batches: sum(len(b['input']) for b in loader_batches)),
+                    desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', total=len(batches),
+                    disable=not runtime.is_main)
     for loader_batches in progress:
-        images = to_network_input(torch.cat([b['input'] for b in loader_batches]), device)
+        images = to_network_input(torch.cat([b['input'] for b in loader_batches]), device, runtime.memory_format)
         labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True).long()
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        with runtime.autocast():
+            logits = model(images)
+            loss = loss_fn(logits, labels)
         if not all_finite(loss, runtime):
             raise UserError(f'the loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; '
                             f'training stopped, the last good checkpoint is {last_checkpoint or "(none yet)"}')
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(state.optimizer)
+        scaler.update()
         state.step += 1
         seen += len(images) * runtime.world_size
         if not runtime.is_main:
@@ -86,11 +93,13 @@ def train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_chec
         if state.step % opt.train_print_frequency == 0:
             progress.write(f'epoch {state.epoch + 1} step {state.step}: loss {loss.item():.4f}, '
                            f'{seen / (time.time() - started):.1f} images/s')
+    if runtime.is_main:
+        print(timer.summary(f'train epoch {state.epoch + 1}'), flush=True)
 
 
-def validate(model, validation, remaps, state, opt, writer) -> None:
+def validate(model, validation, remaps, state, runtime, opt, writer) -> None:
     """mIoU on every validation loader, printed and sent to tensorboard."""
-    scores, _ = evaluate_model(model, validation, remaps, next(model.parameters()).device,
+    scores, _ = evaluate_model(model, validation, remaps, runtime,
                                skip_unused_class=opt.segmentation_eval_skip_unused_class)
     print(summary_table(opt.model_name, scores), flush=True)
     for domain, matrices in scores.items():
@@ -102,30 +111,34 @@ def validate(model, validation, remaps, state, opt, writer) -> None:
 def main(argv=None) -> StateManager:
     opt = parse_training_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism)
+    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism, opt.sys_precision, autotune=True)
     pin_memory = runtime.device.type == 'cuda'
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:
+        lock_experiment(folder)
         save_options(opt, folder)
-    batches = training_batches(opt, runtime, pin_memory)  # data first: its errors are the common ones
+    # data first: its errors are the common ones, and its workers decode while the network is built
+    batches = training_batches(opt, runtime, pin_memory).start()
     validation = validation_loaders_from(opt, pin_memory) if runtime.is_main else []
-    state = StateManager(opt.model_type, encoder_depth(opt), opt.train_weights_init, opt.train_learning_rate,
+    weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
+    state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
                          device=runtime.device)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
-    model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
+    model = distributed_model(runtime.prepare(state.model), runtime, opt.sys_sync_batchnorm)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=opt.sys_precision == 'fp16')  # fp16 gradients underflow
     remaps = opt.segmentation_eval_remaps.split(',')
     loss_fn = segmentation_loss().to(runtime.device)
     writers = ({part: SummaryWriter(os.path.join(folder, part)) for part in ('train', 'validation', 'images')}
                if runtime.is_main else {})
     last_checkpoint = None
     while state.epoch < opt.train_num_epochs:
-        train_epoch(model, batches, loss_fn, state, runtime, opt, writers, last_checkpoint)
+        train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, last_checkpoint)
         state.scheduler.step()
         state.epoch += 1
         if runtime.is_main:
-            validate(state.model, validation, remaps, state, opt, writers['validation'])
+            validate(state.model, validation, remaps, state, runtime, opt, writers['validation'])
             if state.epoch % opt.train_checkpoint_frequency == 0 or state.epoch == opt.train_num_epochs:
                 last_checkpoint = state.save(folder, f'epoch_{state.epoch}')
                 print(f'stored {last_checkpoint}', flush=True)

@@ -43,6 +43,27 @@ def write_benchmark_datasets(root: str) -> None:
                   split_file='validation')
 
 
+def decode_milliseconds(path: str, repeats: int = 5) -> dict:
+    """Median ms to decode one PNG to an RGB array with OpenCV, PIL and torchvision.io (one thread each)."""
+    import cv2
+    import torchvision.io
+    from PIL import Image
+    cv2.setNumThreads(1)
+    decoders = {'OpenCV': lambda: cv2.cvtColor(cv2.imread(path, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB),
+                'PIL': lambda: np.asarray(Image.open(path).convert('RGB')),
+                'torchvision.io': lambda: torchvision.io.decode_png(torchvision.io.read_file(path))}
+    times = {}
+    for name, decode in decoders.items():
+        decode()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decode()
+            samples.append(1000 * (time.perf_counter() - start))
+        times[name] = sorted(samples)[len(samples) // 2]
+    return times
+
+
 def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples)
     loader = make_loader(dataset, batch_size, shuffle=False, drop_last=True, num_workers=num_workers,
@@ -75,6 +96,8 @@ def main() -> None:
             for workers in (0, 2):
                 rate = samples_per_second(dataset, batch_size, workers, args.samples)
                 print(f'{name:52} {batch_size:5d} {workers:7d} {rate:9.1f} {1000 / rate:9.1f}', flush=True)
+        decoding = decode_milliseconds(os.path.join(root, 'cityscapes', 'color', 'validation_00000.png'))
+        print('decoding one 1024x2048 PNG (ms, median): ' + ', '.join(f'{k} {v:.1f}' for k, v in decoding.items()))
 
 
 if __name__ == '__main__':

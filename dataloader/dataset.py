@@ -111,17 +111,23 @@ def check_files_exist(files: dict[str, list[str]]) -> None:
         raise UserError(f'the image file {missing[0]} does not exist{more}')
 
 
-def read_image(path: str, category: str) -> np.ndarray:
-    """An image as stored (cv2 unchanged); colour categories become 8-bit RGB (16-bit divided by 256)."""
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+def read_image(path: str, category: str, sample: int | None = None) -> np.ndarray:
+    """An image as stored (cv2 unchanged); colour categories become 8-bit RGB (16-bit divided by 256).
+
+    `sample`, the dataset index being read, is named in the error of a missing, corrupt or unreadable file."""
+    named = path if sample is None else f'{path} (sample {sample})'
+    try:
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None:
-        raise UserError(f'the image file {path} cannot be read (missing, empty or not an image)')
+        raise UserError(f'the image file {named} cannot be read (missing, empty, truncated or not an image)')
     if not _is_color(category):
         return image
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
-        raise UserError(f'the colour image {path} has unsupported pixel type {image.dtype}')
+        raise UserError(f'the colour image {named} has unsupported pixel type {image.dtype}')
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -149,7 +155,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         paths = {category: paths[index] for category, paths in self.files.items()}
-        raw = {category: read_image(path, category) for category, path in paths.items()}
+        raw = {category: read_image(path, category, index) for category, path in paths.items()}
         mismatch = _size_mismatch(raw, paths)
         if mismatch and self.strict_sizes:
             raise UserError(mismatch)

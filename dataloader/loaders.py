@@ -7,14 +7,16 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
 from dataloader.dataset import ImageDataset, read_parameters, read_split
 from dataloader.errors import UserError
 from dataloader.labels import label_converter
+from dataloader.resized_copy import check_resized_copy
 from dataloader.transforms import (RESCALE_RANGE, AdaptationTransform, SegmentationTrainTransform,
-                                   ValidationTransform)
+                                   ValidationTransform, to_network_input)
 
 TRAINING_LOADERS = ('cityscapes_train', 'gta5_train', 'synthia_train')
 ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
 VALIDATION_LOADERS = {'cityscapes_validation': (512, 1024), 'kitti_2015_train': (320, 1024)}
 SEGMENTATION_PURPOSES = ('segmentation',)
 ADAPTATION_PURPOSES = ('adaptation',)
+PREFETCH_BATCHES = 4  # per worker
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ def check_loader_names(names: list[str], kind: str) -> None:
 def training_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
     """Segmentation training samples: labels_mode from parameters.json; flip, resize, rescale, crop, jitter."""
     check_loader_names([name], 'training')
+    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'training')
     smallest = tuple(int(size // RESCALE_RANGE[1]) for size in resize_hw)
     if crop_hw[0] > smallest[0] or crop_hw[1] > smallest[1]:
         raise UserError(f'the segmentation crop {crop_hw[0]}x{crop_hw[1]} does not fit into the smallest random '
@@ -78,6 +81,7 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
     reference passes offsets (h*32//512, w*33//1024) but ignores them; crop_at_offsets uses them).
     """
     check_loader_names([name], 'adaptation')
+    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'adaptation')
     source = _SOURCES[name]
     height, width = resize_hw
     if name == 'cityscapes_sequence_train':
@@ -96,6 +100,7 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
 def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
     """Validation samples: image resized, label (always fromid) at native size, no flip, no jitter."""
     check_loader_names([name], 'validation')
+    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'validation')
     source = _SOURCES[name]
     files = read_split(source.dataset, source.split, source.split_file, ['color', 'segmentation'])
     transform = ValidationTransform(resize_hw, label_converter(source.labels, 'fromid'))
@@ -120,12 +125,33 @@ def collate(samples: list[dict]) -> dict:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
                 pin_memory: bool, sampler=None) -> DataLoader:
-    """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling; pin_memory as asked."""
+    """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling; pin_memory as asked.
+
+    Workers persist across passes (no fork and warm-up per epoch or restart) and each keeps PREFETCH_BATCHES
+    batches in flight.
+    """
     num_samples = len(dataset) if sampler is None else len(sampler)
     if drop_last and num_samples < batch_size:
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
+    workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES}
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate)
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate,
+                      **(workers if num_workers > 0 else {}))
+
+
+class StartedLoader:
+    """A loader whose first pass starts now, so that its workers decode while the job builds its network."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self._first_pass = iter(loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        first_pass, self._first_pass = self._first_pass, None
+        return first_pass if first_pass is not None else iter(self.loader)
 
 
 class CyclingLoaders:
@@ -135,12 +161,18 @@ class CyclingLoaders:
         self.loaders = list(loaders)
         self.num_batches = num_batches
         self._passes = [0] * len(self.loaders)
+        self._started = None
 
     def __len__(self) -> int:
         return self.num_batches
 
+    def start(self) -> 'CyclingLoaders':
+        """Start the loaders' workers on the first pass now (they decode while the job builds its network)."""
+        self._started = [self._restart(i) for i in range(len(self.loaders))]
+        return self
+
     def __iter__(self):
-        iterators = [self._restart(i) for i in range(len(self.loaders))]
+        iterators, self._started = self._started or [self._restart(i) for i in range(len(self.loaders))], None
         for _ in range(self.num_batches):
             yield [self._next(i, iterators) for i in range(len(self.loaders))]
 
@@ -161,6 +193,19 @@ class CyclingLoaders:
             except StopIteration:
                 raise UserError(f'training loader {i + 1} yields no batch (fewer samples than its batch size)') \
                     from None
+
+
+def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resize_hw: tuple[int, int],
+                       crop_hw: tuple[int, int], num_workers: int, device: torch.device | str,
+                       memory_format: torch.memory_format = torch.contiguous_format, crop_at_offsets: bool = False):
+    """`num_batches` normalised network inputs on `device` from the adaptation loaders `names` (each cycled; one
+    batch of each, concatenated); the workers start decoding now."""
+    datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets) for name in names]
+    pin_memory = torch.device(device).type == 'cuda'
+    cycling = CyclingLoaders([make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                                          pin_memory=pin_memory) for dataset in datasets], num_batches).start()
+    return (to_network_input(torch.cat([batch['input'] for batch in batches]), device, memory_format)
+            for batches in cycling)
 
 
 def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, int], num_workers: int,

@@ -42,3 +42,25 @@ def check_environment() -> None:
     """Fail before any work when either folder variable is missing or wrong."""
     dataset_root()
     checkpoint_root()
+
+
+def relative_name_problem(name: str) -> str | None:
+    """Why `name` is not a relative path of plain folder names ('a', 'a/b'; a trailing '/' is fine), or None."""
+    if not name:
+        return 'is empty'
+    if '\0' in name:
+        return 'holds a NUL character'
+    if name.startswith('/'):
+        return 'is an absolute path'
+    if any(part in ('', '.', '..') for part in name.rstrip('/').split('/')):
+        return "has an empty, '.' or '..' part"
+    return None
+
+
+def checkpoint_path(relative: str) -> str:
+    """$UBNA_DIR_CHECKPOINT/<relative>; a UserError when `relative` leads outside that folder."""
+    root = checkpoint_root()
+    path = os.path.join(root, relative)
+    if os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) != os.path.abspath(root):
+        raise UserError(f'{relative} leads outside {CHECKPOINT_VARIABLE}={root}; give a path relative to it')
+    return path

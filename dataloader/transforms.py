@@ -13,8 +13,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
@@ -37,9 +36,10 @@ class Jitter:
 
     def apply(self, image: Image.Image) -> np.ndarray:
         """The jittered RGB array: brightness, contrast, saturation with PIL, hue shift in OpenCV's HSV."""
-        image = TF.adjust_brightness(image, self.brightness)
-        image = TF.adjust_contrast(image, self.contrast)
-        image = TF.adjust_saturation(image, self.saturation)
+        # torchvision's ColorJitter on PIL images is exactly these enhancers (and importing it costs seconds)
+        image = ImageEnhance.Brightness(image).enhance(self.brightness)
+        image = ImageEnhance.Contrast(image).enhance(self.contrast)
+        image = ImageEnhance.Color(image).enhance(self.saturation)
         rgb = np.asarray(image)
         shift = int(self.hue * 255) % 256
         if shift == 0:
@@ -83,9 +83,11 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image - IMAGENET_MEAN.to(image.device)) / IMAGENET_STD.to(image.device)
 
 
-def to_network_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 (N×)3×H×W images → normalised float on `device` (converted there: cheap on a GPU)."""
-    return normalize(images.to(device, non_blocking=True).float().div_(255))
+def to_network_input(images: torch.Tensor, device: torch.device | str,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 N×3×H×W images → normalised float on `device` (converted there: cheap on a GPU)."""
+    images = images.to(device, non_blocking=True).to(memory_format=memory_format)
+    return normalize(images.float().div_(255))
 
 
 def network_tensors(image: Image.Image, jitter: Jitter | None) -> dict:

@@ -4,12 +4,18 @@ import urllib.parse
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from dataloader.errors import UserError, first_line
 
 ENCODER_DEPTHS = {'vgg': (11, 13, 16, 19), 'resnet': (18, 34, 50, 101, 152)}
 DEPTH_FLAGS = {'vgg': '--model-num-layers-vgg', 'resnet': '--model-num-layers'}
+WEIGHTS_INITS = ('pretrained', 'scratch', 'checkpoint')  # checkpoint: not initialised, a checkpoint fills every tensor
+
+
+def _torchvision():
+    """torchvision, imported on first use: the import takes seconds, and the loader workers never need it."""
+    import torchvision
+    return torchvision
 
 
 def torchvision_name(model_type: str, num_layers: int) -> str:
@@ -19,7 +25,7 @@ def torchvision_name(model_type: str, num_layers: int) -> str:
 
 def imagenet_state_dict(name: str) -> dict:
     """The ImageNet weights of torchvision model `name`, from the torch hub cache or downloaded into it."""
-    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1  # what pretrained=True meant in the reference
+    weights = _torchvision().models.get_model_weights(name).IMAGENET1K_V1  # what pretrained=True meant in the reference
     file_name = os.path.basename(urllib.parse.urlparse(weights.url).path)
     folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
     was_cached = os.path.isfile(os.path.join(folder, file_name))
@@ -35,12 +41,14 @@ def imagenet_state_dict(name: str) -> dict:
                         f'or use --train-weights-init scratch') from exc
 
 
-def _headless_vgg(num_layers: int) -> nn.Module:
+def _headless_vgg(num_layers: int, device: torch.device, initialise: bool) -> nn.Module:
     """torchvision's VGG-bn without avgpool and classifier, never materialising the ~120 M classifier weights."""
     with torch.device('meta'):
-        vgg = torchvision.models.get_model(torchvision_name('vgg', num_layers), weights=None)
+        vgg = _torchvision().models.get_model(torchvision_name('vgg', num_layers), weights=None)
     del vgg.avgpool, vgg.classifier
-    vgg.to_empty(device='cpu')
+    if not initialise:
+        return vgg
+    vgg.to_empty(device=device)
     for module in vgg.features.modules():  # torchvision's initialisation of the features
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
@@ -50,9 +58,10 @@ def _headless_vgg(num_layers: int) -> nn.Module:
     return vgg
 
 
-def _headless_resnet(num_layers: int) -> nn.Module:
+def _headless_resnet(num_layers: int, device: torch.device, initialise: bool) -> nn.Module:
     """torchvision's ResNet without avgpool and fc."""
-    resnet = torchvision.models.get_model(torchvision_name('resnet', num_layers), weights=None)
+    with torch.device(device if initialise else 'meta'):
+        resnet = _torchvision().models.get_model(torchvision_name('resnet', num_layers), weights=None)
     del resnet.avgpool, resnet.fc
     return resnet
 
@@ -101,16 +110,19 @@ class ResnetEncoder(nn.Module):
         return [x0, x1, x2, x3, net.layer4(x3)]
 
 
-def build_encoder(model_type: str, num_layers: int, weights_init: str) -> nn.Module:
-    """A VggEncoder or ResnetEncoder, ImageNet-initialised ('pretrained') or random ('scratch')."""
+def build_encoder(model_type: str, num_layers: int, weights_init: str,
+                  device: str | torch.device = 'cpu') -> nn.Module:
+    """A VggEncoder or ResnetEncoder on `device`, ImageNet-initialised ('pretrained') or random ('scratch');
+    'checkpoint' leaves it on the meta device, for build_model to allocate and a checkpoint to fill."""
     if model_type not in ENCODER_DEPTHS:
         raise UserError(f'--model-type {model_type} is not supported; choose resnet or vgg')
     if num_layers not in ENCODER_DEPTHS[model_type]:
         depths = ', '.join(map(str, ENCODER_DEPTHS[model_type]))
         raise UserError(f'{DEPTH_FLAGS[model_type]} {num_layers} is not available for {model_type}; choose {depths}')
-    if weights_init not in ('pretrained', 'scratch'):
+    if weights_init not in WEIGHTS_INITS:
         raise UserError(f'--train-weights-init {weights_init} is not supported; choose pretrained or scratch')
-    backbone = _headless_vgg(num_layers) if model_type == 'vgg' else _headless_resnet(num_layers)
+    device, initialise = torch.device(device), weights_init != 'checkpoint'
+    backbone = (_headless_vgg if model_type == 'vgg' else _headless_resnet)(num_layers, device, initialise)
     if weights_init == 'pretrained':
         _load_imagenet(backbone, torchvision_name(model_type, num_layers))
     return VggEncoder(backbone) if model_type == 'vgg' else ResnetEncoder(backbone, num_layers)

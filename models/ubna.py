@@ -34,6 +34,15 @@ class SegmentationHead(nn.Module):
         return self.multires(self.decoder(x, features))
 
 
+def check_input_size(x: torch.Tensor) -> None:
+    """UserError unless H and W are multiples of 32 and at least 64 (the decoder's reflection padding needs a 2x2
+    coarsest map)."""
+    height, width = x.shape[-2:]
+    if height % STRIDE or width % STRIDE or min(height, width) < 2 * STRIDE:
+        raise UserError(f'the network input is {height}x{width} but its sides must be multiples of {STRIDE} '
+                        f'and at least {2 * STRIDE}; change the resize/crop sizes')
+
+
 class UBNA(nn.Module):
     """Normalised images N×3×H×W (H, W multiples of 32, at least 64) → logits N×20×H×W."""
 
@@ -45,17 +54,21 @@ class UBNA(nn.Module):
         self.seg = SegmentationHead(encoder.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        # the coarsest map must be at least 2x2 for the decoder's reflection padding
-        if height % STRIDE or width % STRIDE or min(height, width) < 2 * STRIDE:
-            raise UserError(f'the network input is {height}x{width} but its sides must be multiples of {STRIDE} '
-                            f'and at least {2 * STRIDE}; change the resize/crop sizes')
+        check_input_size(x)
         return self.seg(*self.common(x))
 
+    def encoder_features(self, x: torch.Tensor) -> list:
+        """The encoder alone: all that its BatchNorm statistics depend on (adaptation needs no logits)."""
+        check_input_size(x)
+        return self.common.encoder(x)
 
-def build_model(model_type: str, num_layers: int, weights_init: str) -> UBNA:
-    """The UBNA network; weights_init 'pretrained' (ImageNet encoder) or 'scratch'."""
-    return UBNA(build_encoder(model_type, num_layers, weights_init), model_type, num_layers)
+
+def build_model(model_type: str, num_layers: int, weights_init: str, device: str | torch.device = 'cpu') -> UBNA:
+    """The UBNA network on `device`; weights_init 'pretrained' (ImageNet encoder), 'scratch', or 'checkpoint'
+    (allocated but not initialised: a checkpoint replaces every tensor)."""
+    with torch.device('meta' if weights_init == 'checkpoint' else device):
+        model = UBNA(build_encoder(model_type, num_layers, weights_init, device), model_type, num_layers)
+    return model.to_empty(device=device) if weights_init == 'checkpoint' else model
 
 
 def encoder_batchnorm_layers(model: UBNA) -> list:

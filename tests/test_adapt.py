@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from adapt import adapt_batchnorm
+from models.adaptation import adapt_batchnorm, layer_momenta, set_momenta
 from models.ubna import build_model, encoder_batchnorm_layers
 
 
@@ -56,8 +56,7 @@ def test_running_statistics_follow_the_closed_form(model_type, depth, mode):
     statistics = batch_statistics(model, batches)
     alpha_batch, alpha_layer, m0 = 0.3, 0.2, 0.1
 
-    rows = adapt_batchnorm(model, batches, mode, m0, alpha_batch, alpha_layer, torch.device('cpu'),
-                           show_progress=False)
+    rows = adapt_batchnorm(model, batches, mode, m0, alpha_batch, alpha_layer, show_progress=False)
 
     layers = encoder_batchnorm_layers(model)
     assert len(rows) == len(batches) * len(layers)
@@ -79,9 +78,42 @@ def test_target_only_replaces_source_statistics_by_the_target_average():
     model = build_model('resnet', 18, 'scratch')
     batches = [torch.randn(2, 3, 64, 64) + k for k in range(3)]
     statistics = batch_statistics(model, batches)
-    adapt_batchnorm(model, batches, 'target_only', 0.1, 0.0, 0.0, torch.device('cpu'), show_progress=False)
+    adapt_batchnorm(model, batches, 'target_only', 0.1, 0.0, 0.0, show_progress=False)
     for name, layer in encoder_batchnorm_layers(model):
         expected_mean = sum(s[name][0] for s in statistics) / len(statistics)
         expected_var = sum(s[name][1] for s in statistics) / len(statistics)
         torch.testing.assert_close(layer.running_mean.double(), expected_mean, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(layer.running_var.double(), expected_var, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('model_type, depth', [('resnet', 18), ('vgg', 11)])
+def test_encoder_only_adaptation_gives_the_statistics_of_the_full_forward(model_type, depth):
+    """Adaptation runs the encoder alone; the full network in train mode must leave identical statistics."""
+    torch.manual_seed(0)
+    encoder_only = build_model(model_type, depth, 'scratch')
+    full = copy.deepcopy(encoder_only)
+    batches = [torch.randn(2, 3, 64, 96) * (1 + k) + k for k in range(3)]
+    adapt_batchnorm(encoder_only, batches, 'layer_shrinking', 0.1, 0.3, 0.2, show_progress=False)
+    layers = encoder_batchnorm_layers(full)
+    full.train()
+    with torch.no_grad():
+        for k, images in enumerate(batches):
+            set_momenta(layers, layer_momenta('layer_shrinking', k, len(layers), 0.1, 0.3, 0.2))
+            full(images)
+    adapted = encoder_only.state_dict()
+    for key, value in full.state_dict().items():
+        assert torch.equal(adapted[key], value), key
+
+
+def test_mixed_precision_keeps_batchnorm_statistics_in_float32():
+    torch.manual_seed(0)
+    reference = build_model('resnet', 18, 'scratch')
+    mixed = copy.deepcopy(reference)
+    batches = [torch.randn(2, 3, 64, 96) + k for k in range(3)]
+    adapt_batchnorm(reference, batches, 'batch_shrinking', 0.1, 0.08, 0.0, show_progress=False)
+    adapt_batchnorm(mixed, batches, 'batch_shrinking', 0.1, 0.08, 0.0, show_progress=False,
+                    autocast=lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+    for (name, layer), (_, expected) in zip(encoder_batchnorm_layers(mixed), encoder_batchnorm_layers(reference)):
+        assert layer.running_mean.dtype == layer.running_var.dtype == torch.float32, name
+        torch.testing.assert_close(layer.running_mean, expected.running_mean, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(layer.running_var, expected.running_var, rtol=0.05, atol=0.05)

@@ -83,3 +83,41 @@ def test_target_only_and_gamma_are_our_additions():
     opt = parse_adaptation_arguments(['--adaptation-mode-sequential', 'target_only'])
     assert opt.adaptation_mode_sequential == 'target_only'
     assert parse_training_arguments(['--train-scheduler-gamma', '0.1']).train_scheduler_gamma == 0.1
+
+
+FLOAT_FLAGS = {parse_training_arguments: ('--train-learning-rate', '--train-weight-decay', '--train-scheduler-gamma'),
+               parse_adaptation_arguments: ('--adaptation-alpha-batch', '--adaptation-alpha-layer',
+                                            '--adaptation-batchnorm-momentum', '--train-learning-rate')}
+
+
+@pytest.mark.parametrize('parse, flag', [(parse, flag) for parse, flags in FLOAT_FLAGS.items() for flag in flags])
+@pytest.mark.parametrize('value', ['nan', 'inf', '-inf'])
+def test_every_float_flag_must_be_finite(parse, flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parse([f'{flag}={value}'])  # '=' lets argparse take '-inf' as a value
+    assert f'error: {flag} must be a finite number, got {float(value)}' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flag', ['--experiment-class', '--model-name', '--model-load'])
+@pytest.mark.parametrize('value, problem', [
+    ('', 'is empty'), ('/abs/path', 'is an absolute path'), ('a\0b', 'holds a NUL character'),
+    ('..', "has an empty, '.' or '..' part"), ('a/../../b', "'..' part"), ('a//b', "'..' part"), ('.', "'..' part"),
+])
+def test_folder_names_must_stay_inside_the_checkpoint_root(flag, value, problem, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_evaluation_arguments(['--model-load', 'x/checkpoints/epoch_1', flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f'evaluate.py: error: {flag} {value!r} ') and problem in error
+
+
+def test_nested_folder_names_and_a_trailing_slash_are_fine():
+    opt = parse_evaluation_arguments(['--experiment-class', 'paper/gta_to_cs', '--model-name', 'ubna_plus',
+                                      '--model-load', 'paper/source/checkpoints/epoch_20/'])
+    assert (opt.experiment_class, opt.model_load) == ('paper/gta_to_cs', 'paper/source/checkpoints/epoch_20/')
+
+
+def test_unused_xlsx_frequency_is_still_a_count(capsys):
+    with pytest.raises(SystemExit):
+        parse_adaptation_arguments(['--adaptation-xlsx-frequency', '0'])
+    assert '--adaptation-xlsx-frequency must be at least 1, got 0' in capsys.readouterr().err

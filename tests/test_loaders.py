@@ -160,7 +160,8 @@ def test_bad_image_in_worker_gives_one_sentence(named_datasets):
     with pytest.raises(UserError) as error:
         list(loader)
     traceback.clear_frames(error.tb)  # frees the iterator now; a cyclic-GC shutdown of its workers stalls 10 s
-    assert user_message(error.value) == f'the image file {broken} cannot be read (missing, empty or not an image)'
+    assert user_message(error.value) == (f'the image file {broken} (sample 2) cannot be read '
+                                         f'(missing, empty, truncated or not an image)')
 
 
 def test_missing_files_fail_before_workers(named_datasets):

@@ -6,7 +6,7 @@ import torch
 
 from dataloader.errors import UserError
 from models.ubna import build_model
-from state_manager import StateManager, describe_architecture
+from state_manager import StateManager, describe_architecture, experiment_dir
 from tests.test_models import ALL_BACKBONES, published_shapes
 from tests.test_models import no_network, one_thread  # noqa: F401 (autouse fixtures, shared)
 
@@ -217,3 +217,45 @@ def test_save_replaces_whole_checkpoints_and_failures_keep_the_old_one(root, mon
     manager.save(str(root / 'run'), 'batch_50')
     assert os.listdir(root / 'run' / 'checkpoints') == ['batch_50']
     assert torch.load(os.path.join(folder, 'train.pth'), weights_only=True)['step'] == 2
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after the point where it is raised runs."""
+
+
+def test_a_kill_between_the_two_renames_of_a_replacement_leaves_a_loadable_checkpoint(root, monkeypatch, capsys):
+    manager = StateManager('resnet', 18, **RUN)
+    manager.step = 1
+    manager.save(str(root / 'run'), 'batch_50')
+    real_replace, calls = os.replace, []
+
+    def killed_on_second_rename(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise Killed
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, 'replace', killed_on_second_rename)
+    manager.step = 2
+    with pytest.raises(Killed):
+        manager.save(str(root / 'run'), 'batch_50')
+    monkeypatch.setattr(os, 'replace', real_replace)
+    checkpoints = root / 'run' / 'checkpoints'
+    assert not (checkpoints / 'batch_50').exists()  # the old copy is retired, the new one not yet in place
+    (checkpoints / f'.epoch_1.{"0" * 32}.tmp').mkdir()  # and a save killed while it wrote its staging folder
+
+    loaded = StateManager('resnet', 18, **RUN)
+    loaded.load('run/checkpoints/batch_50')
+    assert loaded.step == 2 and 'was being replaced when its writer stopped' in capsys.readouterr().err
+    manager.save(str(root / 'run'), 'epoch_1')  # the next save finishes the swap and removes the leftovers
+    assert sorted(os.listdir(checkpoints)) == ['batch_50', 'epoch_1']
+    loaded.load('run/checkpoints/batch_50')
+    assert loaded.step == 2 and capsys.readouterr().err == ''
+
+
+def test_load_and_experiment_folder_stay_inside_the_checkpoint_root(root):
+    with pytest.raises(UserError, match=r'\.\./outside leads outside UBNA_DIR_CHECKPOINT='):
+        StateManager('resnet', 18, **RUN).load('../outside', weights_only=True)
+    with pytest.raises(UserError, match='leads outside'):
+        experiment_dir('/elsewhere', 'run')
+    assert experiment_dir('series/2024', 'run') == os.path.join(str(root), 'series/2024', 'run')

@@ -24,14 +24,16 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from adapt import adapt_batchnorm, target_inputs  # noqa: E402
 from data_download.make_synthetic import make_synthetic  # noqa: E402
 from dataloader import loaders  # noqa: E402
 from dataloader.transforms import to_network_input  # noqa: E402
-from evaluate import colorize, evaluate_model  # noqa: E402
+from models.adaptation import adapt_batchnorm  # noqa: E402
+from runtime import Runtime  # noqa: E402
 from state_manager import StateManager  # noqa: E402
+from validation import colorize, evaluate_model  # noqa: E402
 
 CLASS = 'demo'
+CPU = Runtime(torch.device('cpu'))
 SOURCE_CHECKPOINT = f'{CLASS}/source/checkpoints/epoch_{{epochs}}'
 # (name, mode, alpha_batch, alpha_layer): the paper's GTA→Cityscapes settings for UBNA and UBNA+
 ADAPTATIONS = (('target_only', 'target_only', 0.0, 0.0), ('ubna', 'batch_shrinking', 0.08, 0.0),
@@ -80,7 +82,7 @@ def miou(checkpoint_root: str, name: str) -> float:
 
 
 def load_source(s: dict) -> StateManager:
-    state = StateManager('resnet', 18, 'scratch')
+    state = StateManager('resnet', 18, 'checkpoint')
     state.load(SOURCE_CHECKPOINT.format(epochs=s['epochs']), weights_only=True)
     return state
 
@@ -100,14 +102,13 @@ def curve(s: dict) -> dict:
 
         def measure(k, model=model, points=points):
             if k + 1 in s['curve_points']:
-                scores, _ = evaluate_model(model, validation, ['none'], torch.device('cpu'), show_progress=False)
+                scores, _ = evaluate_model(model, validation, ['none'], CPU, show_progress=False)
                 points[k + 1] = scores['cityscapes']['none'].miou()
 
         measure(-1)  # k = 0: the source model
-        batches = target_inputs(['cityscapes_sequence_train'], 6, s['adaptation_batches'], (103, 128), (103, 128),
-                                s['workers'], 'cpu')
-        adapt_batchnorm(model, batches, mode, 0.1, alpha_batch, alpha_layer, torch.device('cpu'),
-                        show_progress=False, after_batch=measure)
+        batches = loaders.adaptation_batches(['cityscapes_sequence_train'], 6, s['adaptation_batches'], (103, 128),
+                                             (103, 128), s['workers'], 'cpu')
+        adapt_batchnorm(model, batches, mode, 0.1, alpha_batch, alpha_layer, show_progress=False, after_batch=measure)
         curves[label] = points
         print(f'curve {label}: ' + ', '.join(f'{k}: {v:.3f}' for k, v in points.items()), flush=True)
     return curves
@@ -132,7 +133,7 @@ def predictions_figure(s: dict, path: str) -> None:
     """Rows: target image | no adaptation | UBNA | UBNA+ | label, for the first few validation images."""
     models = {'no adaptation': load_source(s).model}
     for title, name in (('UBNA', 'ubna'), ('UBNA+', 'ubna_plus')):
-        state = StateManager('resnet', 18, 'scratch')
+        state = StateManager('resnet', 18, 'checkpoint')
         state.load(f'{CLASS}/{name}/checkpoints/batch_{s["adaptation_batches"]}', weights_only=True)
         models[title] = state.model
     batch = next(iter(target_validation(s)[0][1]))
@@ -156,8 +157,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default=os.path.join(REPO, 'demo_output'))
     parser.add_argument('--quick', action='store_true', help='a tiny smoke run of the same steps')
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'),
+                        help='--sys-precision of adapt.py and evaluate.py (the source model trains in fp32, so that '
+                             'a comparison sees adaptation and evaluation alone; the curves stay fp32)')
     args = parser.parse_args()
-    s = settings(args.quick)
+    s = {**settings(args.quick), 'precision': args.precision}
     target_root, source_root = os.path.join(args.out, 'datasets'), os.path.join(args.out, 'source_domain')
     checkpoint_root = os.path.join(args.out, 'checkpoints')
     os.environ.update(UBNA_DIR_DATASET=target_root, UBNA_DIR_CHECKPOINT=checkpoint_root)
@@ -176,7 +180,7 @@ def main():
         '--train-batches-per-epoch', s['batches_per_epoch'], '--train-checkpoint-frequency', s['epochs'],
         '--train-tb-frequency', 50, '--train-print-frequency', 50], target_root, checkpoint_root)
     source = SOURCE_CHECKPOINT.format(epochs=s['epochs'])
-    evaluate = common_flags(s) + ['--segmentation-eval-num-images', s['images']]
+    evaluate = common_flags(s) + ['--segmentation-eval-num-images', s['images'], '--sys-precision', s['precision']]
     t = run('evaluate.py', evaluate + ['--model-name', 'eval_source_on_source', '--model-load', source],
             source_root, checkpoint_root)
     rows.append(('source model', 'source', miou(checkpoint_root, 'eval_source_on_source'), seconds, t))
@@ -184,7 +188,7 @@ def main():
             target_root, checkpoint_root)
     rows.append(('no adaptation', 'target', miou(checkpoint_root, 'eval_no_adaptation'), 0.0, t))
     for name, mode, alpha_batch, alpha_layer in ADAPTATIONS:
-        adapt_seconds = run('adapt.py', common_flags(s) + adaptation_flags(s) + [
+        adapt_seconds = run('adapt.py', common_flags(s) + adaptation_flags(s) + ['--sys-precision', s['precision'],
             '--model-name', name, '--model-load', source, '--adaptation-mode-sequential', mode,
             '--adaptation-alpha-batch', alpha_batch, '--adaptation-alpha-layer', alpha_layer],
             target_root, checkpoint_root)

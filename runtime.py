@@ -1,0 +1,135 @@
+"""The run around a job: device, precision, seeding, torchrun processes, and the timing of its loop."""
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+_IMPORTED = time.perf_counter()
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its device and precision, its rank among `world_size` torchrun processes."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    precision: str = 'fp32'
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels_last for mixed precision on a GPU (its tensor cores read NHWC); the usual layout otherwise."""
+        if self.precision != 'fp32' and self.device.type == 'cuda':
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def autocast(self):
+        """bf16/fp16 autocast for --sys-precision (parameters and BatchNorm statistics stay fp32); none for fp32."""
+        if PRECISIONS[self.precision] is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model in this run's memory format."""
+        return model.to(memory_format=self.memory_format)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (for honest timings)."""
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+
+def seed_everything(seed: int = 1) -> None:
+    """Best-effort determinism as in the reference: seed every generator, deterministic cuDNN."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def setup_runtime(use_cpu: bool, deterministic: bool, precision: str = 'fp32', autotune: bool = False) -> Runtime:
+    """Pick the device, join the torchrun process group when launched by torchrun, seed if asked.
+
+    autotune: let cuDNN time its kernels on the first batches; it pays only over many steps of one size
+    (training), not for 50 adaptation batches or one pass over the validation images.
+    """
+    use_cuda = torch.cuda.is_available() and not use_cpu
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device('cuda', local_rank)
+    else:
+        device = torch.device('cpu')
+    if world_size > 1:
+        dist.init_process_group('nccl' if use_cuda else 'gloo')
+    if deterministic:
+        seed_everything(1)
+    elif use_cuda:
+        torch.backends.cudnn.benchmark = autotune
+    return Runtime(device, rank, world_size, precision)
+
+
+def teardown_runtime(runtime: Runtime) -> None:
+    """Leave the process group cleanly (a barrier first: gloo can abort when a peer exits early)."""
+    if runtime.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started (from /proc on Linux; since this module's import elsewhere)."""
+    try:
+        with open('/proc/self/stat') as file:
+            start_ticks = int(file.read().rsplit(')', 1)[1].split()[19])  # field 22: start time in clock ticks
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
+
+
+class LoopTimer:
+    """Times a job's loop: seconds from process start to its first batch, then images per second after it."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.first_batch_s = None
+        self.images = 0
+        self._started = None
+
+    def wrap(self, batches, count=len):
+        """Yield from `batches`, counting count(batch) images after the first batch."""
+        for batch in batches:
+            if self._started is None:
+                self.first_batch_s = seconds_since_process_start()
+                self._started = time.perf_counter()
+            else:
+                self.images += count(batch)
+            yield batch
+
+    def summary(self, job: str) -> str:
+        """One log line, e.g. 'adapt: first batch 3.1 s after start; then 294 images in 5.2 s (56.5 images/s)'."""
+        if self._started is None:
+            return f'{job}: no batch'
+        self.runtime.synchronize()
+        seconds = time.perf_counter() - self._started
+        rate = self.images / seconds if seconds > 0 else float('nan')
+        memory = (f', peak {torch.cuda.max_memory_allocated(self.runtime.device) / 2 ** 20:.0f} MiB on the GPU'
+                  if self.runtime.device.type == 'cuda' else '')
+        return (f'{job}: first batch {self.first_batch_s:.1f} s after start; then {self.images} images in '
+                f'{seconds:.1f} s ({rate:.1f} images/s){memory}')

@@ -1,0 +1,116 @@
+"""Scoring a network on the segmentation validation loaders (spec §8): predictions, confusion matrices, strips of
+image | prediction | label, and the reference's tables; shared by evaluate.py and train.py."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataloader import loaders
+from dataloader.labels import CLASS_NAMES, TRAIN_ID_COLORS
+from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
+from dataloader.transforms import to_network_input
+
+
+def validation_loaders_from(opt, pin_memory: bool) -> list:
+    """The --segmentation-validation-* loaders of a job's options."""
+    return loaders.validation_loaders(
+        opt.segmentation_validation_loaders.split(','), opt.segmentation_validation_batch_size,
+        (opt.segmentation_validation_resize_height, opt.segmentation_validation_resize_width),
+        opt.sys_num_workers, pin_memory)
+
+
+def upsample_labels(prediction: torch.Tensor, size) -> torch.Tensor:
+    """Nearest upsampling of an N×h×w map of class indices (argmax first: 1 channel instead of 20)."""
+    if tuple(prediction.shape[-2:]) == tuple(size):
+        return prediction
+    return F.interpolate(prediction[:, None].float(), size=size, mode='nearest')[:, 0].long()
+
+
+def colorize(train_ids: torch.Tensor) -> torch.Tensor:
+    """N×H×W train ids → N×3×H×W float colours in [0, 1] (Cityscapes palette)."""
+    palette = torch.as_tensor(TRAIN_ID_COLORS, device=train_ids.device).float() / 255
+    return palette[train_ids.long().clamp(0, 255)].permute(0, 3, 1, 2)  # long: a uint8 index would be a mask
+
+
+def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """One 3×H×3W float picture: image (uint8) | prediction | label, at the network input size."""
+    image = image.to(prediction.device).float() / 255
+    label = upsample_labels(label[None], image.shape[-2:])[0]
+    return torch.cat((image, colorize(prediction[None])[0], colorize(label[None])[0]), dim=2).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, show_progress=True,
+                   skip_unused_class=False, timer=None):
+    """Run the model in eval mode over each validation loader, on runtime's device and in its precision.
+
+    skip_unused_class: never predict the unused class 19, so that every labelled pixel counts.
+    timer: a runtime.LoopTimer that times the batches.
+    Returns ({domain: {remap: ConfusionMatrix}}, {domain: [strip, ...]}) with at most
+    `num_images` strips per domain.
+    """
+    device = runtime.device
+    was_training = model.training
+    model.eval()
+    scores, strips = {}, {}
+    for name, loader in validation_loaders:
+        batches = loader if timer is None else timer.wrap(loader, count=lambda batch: len(batch['input']))
+        for batch in tqdm(batches, desc=f'evaluate {name}', total=len(loader), leave=False,
+                          disable=not show_progress):
+            domain = batch['domain'][0]
+            matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
+            with runtime.autocast():
+                logits = model(to_network_input(batch['input'], device, runtime.memory_format))
+            label = batch['label'].to(device, non_blocking=True).long()
+            for remap in remaps:
+                prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
+                matrices[remap].update(remapped_label(label, remap), prediction)
+            domain_strips = strips.setdefault(domain, [])
+            for i in range(min(len(label), num_images - len(domain_strips))):
+                domain_strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
+    model.train(was_training)
+    return scores, strips
+
+
+def summary_table(eval_name: str, scores) -> str:
+    """The reference's table: eval_name | domain | remap | miou | accuracy."""
+    lines = ['eval_name    | domain               | remap    |     miou | accuracy']
+    for domain, matrices in scores.items():
+        for remap, matrix in matrices.items():
+            lines.append(f'{eval_name:12} | {domain:20} | {remap:8} | {matrix.miou():8.3f} | '
+                         f'{matrix.mean_accuracy():8.3f}')
+    return '\n'.join(lines)
+
+
+def class_table(scores) -> str:
+    """IoU per class (rows) for every domain and remap (columns); '-' where a remap drops the class."""
+    columns = [(domain, remap) for domain, matrices in scores.items() for remap in matrices]
+    header = f'{"class":14}' + ''.join(f' | {f"{d}/{r}":>22}' for d, r in columns)
+    lines = [header]
+    for train_id, class_name in enumerate(CLASS_NAMES):
+        cells = []
+        for domain, remap in columns:
+            kept = REMAPS[remap]
+            iou = scores[domain][remap].iou()[kept.index(train_id)].item() if train_id in kept else None
+            cells.append(f' | {"-" if iou is None else f"{iou:.3f}":>22}')
+        lines.append(f'{class_name:14}' + ''.join(cells))
+    return '\n'.join(lines)
+
+
+def results_dict(eval_name: str, scores) -> dict:
+    """Everything measured, per domain and remap, with IoU and accuracy per class (null = NaN)."""
+    def number(value):
+        return None if np.isnan(value) else value
+
+    results = {'eval_name': eval_name, 'domains': {}}
+    for domain, matrices in scores.items():
+        for remap, matrix in matrices.items():
+            names = [CLASS_NAMES[i] for i in REMAPS[remap]]
+            results['domains'].setdefault(domain, {})[remap] = {
+                'miou': number(matrix.miou()),
+                'mean_accuracy': number(matrix.mean_accuracy()),
+                'iou': {n: number(v) for n, v in zip(names, matrix.iou().tolist())},
+                'accuracy': {n: number(v) for n, v in zip(names, matrix.class_accuracy().tolist())},
+                'confusion_matrix': matrix.matrix.tolist(),
+            }
+    return results
