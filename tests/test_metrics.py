@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
-from evaluate import upsample_labels
+from validation import upsample_labels
 
 
 def logits_for(top: list, second: list = None) -> torch.Tensor:
