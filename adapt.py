@@ -5,10 +5,10 @@ import csv
 import os
 import sys
 
-from arguments import encoder_depth, parse_adaptation_arguments
+from arguments import encoder_depth, parse_adaptation_arguments, run_seed
 from dataloader import loaders
-from dataloader.errors import run_cli
 from dataloader.paths import check_environment
+from errors import run_cli
 from experiment_lock import lock_experiment
 from models.adaptation import adapt_batchnorm, check_finite_statistics
 from runtime import LoopTimer, setup_runtime, teardown_runtime
@@ -37,7 +37,7 @@ def log_momenta(folder: str, rows) -> None:
 def main(argv=None):
     opt = parse_adaptation_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism, opt.sys_precision)
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     lock_experiment(folder)
     save_options(opt, folder)

@@ -2,7 +2,8 @@
 
 train.py:    system, model, segmentation validation + training, training
 adapt.py:    system, model, segmentation validation, training, adaptation
-evaluate.py: system, model, segmentation validation
+evaluate.py: system, model, segmentation validation, online adaptation
+sweep.py:    those of adapt.py and evaluate.py, and the sweep's lists (which replace their single-valued twins)
 Values are checked once, here, before any work starts.
 """
 import argparse
@@ -11,10 +12,14 @@ import math
 from dataloader import loaders
 from dataloader.metrics import REMAPS
 from dataloader.paths import relative_name_problem
-from models.adaptation import MODES
+from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SettingError, check_online_settings, online_settings,
+                               setting_flags)
 from runtime import PRECISIONS
+from sweeps.grid import METHODS, NO_ADAPTATION, ONLINE
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
+MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
+DEFAULT_SEED = 1  # the seed of --sys-best-effort-determinism, as in the reference
 
 
 def _add_system(parser):
@@ -23,6 +28,9 @@ def _add_system(parser):
     group.add_argument('--sys-num-workers', type=int, default=3, help='DataLoader worker processes per loader')
     group.add_argument('--sys-best-effort-determinism', action='store_true',
                        help='seed every generator with 1 and make cuDNN deterministic')
+    group.add_argument('--sys-seed', type=int, default=None, metavar='S',
+                       help='(ours) as --sys-best-effort-determinism, with seed S for every generator, the DataLoader '
+                            'workers included: runs with the same S (and worker count) give the same numbers')
     group.add_argument('--sys-sync-batchnorm', action='store_true',
                        help='(ours) synchronise BatchNorm across GPUs when run under torchrun')
     group.add_argument('--sys-precision', default='fp32', choices=tuple(PRECISIONS),
@@ -112,6 +120,141 @@ def _add_adaptation(parser):
                        help='accepted for old command lines; unused, as in the reference')
 
 
+# A sweep's list flags: the single-valued job flag each replaces, the type of its items, why an item is refused
+_SWEEP_LISTS = {
+    '--methods': ('--adaptation-mode-sequential', str,
+                  lambda value: None if value in METHODS else f'lists an unknown method {value!r}; choose from '
+                                                                f'{", ".join(METHODS)}'),
+    '--num-batches': ('--adaptation-num-batches', int,
+                      lambda value: None if value >= 1 else f'must be at least 1, got {value}'),
+    '--alpha-batch': ('--adaptation-alpha-batch', float,
+                      lambda value: None if math.isfinite(value) and value >= 0 else f'must be 0 or more, got {value}'),
+    '--alpha-layer': ('--adaptation-alpha-layer', float,
+                      lambda value: None if math.isfinite(value) and value >= 0 else f'must be 0 or more, got {value}'),
+    '--seeds': ('--sys-seed', int,
+                lambda value: None if 0 <= value <= MAX_SEED else f'must be from 0 to {MAX_SEED}, got {value}'),
+}
+
+
+def _add_sweep(parser):
+    group = parser.add_argument_group(
+        'sweep', 'comma-separated lists; the runs are their cross product. Each list replaces the job flag in '
+                 'brackets, which a sweep also takes as a one-value list (give one of the two); unset, the list is '
+                 f'that flag\'s default ({DEFAULT_SEED} for the seeds)')
+    group.add_argument('--methods', help=f'[--adaptation-mode-sequential] any of {", ".join(METHODS)}: '
+                                         f'{NO_ADAPTATION} is the loaded model as it is (the baseline), '
+                                         f'{", ".join(MODES)} the modes of adapt.py, the others the online methods '
+                                         f'of evaluate.py, which take the --online-* settings')
+    group.add_argument('--num-batches', help='[--adaptation-num-batches] each method adapts once, to the largest, '
+                                             'and is evaluated at every value on the way')
+    group.add_argument('--alpha-batch', help='[--adaptation-alpha-batch] used by UBNA and UBNA+')
+    group.add_argument('--alpha-layer', help='[--adaptation-alpha-layer] used by UBNA+')
+    group.add_argument('--seeds', help='[--sys-seed] every run is repeated with each seed')
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace('-', '_')
+
+
+def _list_items(parser, flag: str, text: str, item_type) -> list:
+    """The values of a comma-separated list flag; an empty list or item, a wrong type or a repeat is refused."""
+    if not text.strip():
+        parser.error(f'{flag} is an empty list; give comma-separated values')
+    values = []
+    for item in (item.strip() for item in text.split(',')):
+        if not item:
+            parser.error(f'{flag} {text!r} has an empty item')
+        try:
+            value = item_type(item)
+        except ValueError:
+            parser.error(f'{flag}: {item!r} is not {"an integer" if item_type is int else "a number"}')
+        if value in values:
+            parser.error(f'{flag} lists {item} twice; give each setting once')
+        values.append(value)
+    return values
+
+
+def _resolve_sweep_lists(parser, opt, twin_defaults: dict) -> None:
+    """Each sweep list as checked values: from its flag, else its twin's one value, else its twin's default."""
+    for flag, (twin, item_type, problem) in _SWEEP_LISTS.items():
+        text, single = getattr(opt, _dest(flag)), getattr(opt, _dest(twin))
+        if text is not None and single is not None:
+            parser.error(f'give {flag} or {twin}, not both')
+        if text is not None:
+            values = _list_items(parser, flag, text, item_type)
+        else:
+            default = twin_defaults[_dest(twin)]
+            values = [single if single is not None else DEFAULT_SEED if default is None else default]
+        for value in values:
+            if problem(value):
+                parser.error(f'{flag if text is not None else twin} {problem(value)}')
+        setattr(opt, _dest(flag), values)
+        setattr(opt, _dest(twin), None)  # the list holds it: two spellings of one sweep are one command
+
+
+def _add_online_adaptation(parser):
+    group = parser.add_argument_group('online adaptation (ours): adapt on each validation batch, then predict it')
+    group.add_argument('--online-method', default='none', choices=ONLINE_METHODS,
+                       help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
+                            'inside each BatchNorm layer; ubna_online: UBNA+ one batch at a time; dua: decaying '
+                            'momentum over augmented copies; tent: entropy minimisation on BatchNorm scale and shift')
+    group.add_argument('--online-reset', default=None, choices=RESETS,
+                       help="episodic: back to the loaded checkpoint's state before every batch; continual: carried "
+                            "along the stream; default: the method's (episodic for cbna, else continual)")
+    for setting, (kind, help_text) in setting_flags().items():
+        group.add_argument(_online_flag(setting), type=kind, default=None,
+                           help=f"{help_text}; unset: the method's default")
+
+
+def _online_flag(setting: str) -> str:
+    return '--online-' + setting.replace('_', '-')
+
+
+def online_settings_given(opt) -> dict:
+    """The --online-* settings set on the command line; the others take the method's default."""
+    values = {setting: getattr(opt, f'online_{setting}') for setting in setting_flags()}
+    return {setting: value for setting, value in values.items() if value is not None}
+
+
+def online_settings_of(opt, method: str) -> dict:
+    """The --online-* settings given that `method` takes (a sweep lists several online methods)."""
+    return {setting: value for setting, value in online_settings_given(opt).items()
+            if setting in online_settings(method)}
+
+
+def _check_sweep_online(parser, opt) -> None:
+    """A sweep's --online-* settings: each taken by a listed online method, and within range for each taking it."""
+    if opt.online_method is not None:
+        parser.error('--online-method names one method; list the online methods of a sweep in --methods')
+    listed = [method for method in opt.methods if method in ONLINE]
+    for setting in online_settings_given(opt):
+        if not any(setting in online_settings(method) for method in listed):
+            parser.error(f'{_online_flag(setting)} applies to none of the methods in --methods')
+    if opt.online_reset is not None and not listed:
+        parser.error('--online-reset applies to none of the methods in --methods (no online method)')
+    for method in listed:
+        try:
+            check_online_settings(method, opt.online_reset, **online_settings_of(opt, method))
+        except SettingError as error:
+            parser.error(f'{_online_flag(error.setting)} {error.problem} (for {method})')
+
+
+def _check_online(parser, opt) -> None:
+    """Only the settings of --online-method, each within its range."""
+    accepted = online_settings(opt.online_method)
+    for setting in online_settings_given(opt):
+        if setting not in accepted:
+            takes = ', '.join(map(_online_flag, accepted)) or 'no setting but --online-reset'
+            parser.error(f'{_online_flag(setting)} does not apply to --online-method {opt.online_method} '
+                         f'(it takes {takes})')
+    if opt.online_method == 'none' and opt.online_reset is not None:
+        parser.error('--online-reset does not apply to --online-method none, which never adapts')
+    try:
+        check_online_settings(opt.online_method, opt.online_reset, **online_settings_given(opt))
+    except SettingError as error:
+        parser.error(f'{_online_flag(error.setting)} {error.problem}')
+
+
 def _split(names: str) -> list:
     return [name for name in names.split(',') if name]
 
@@ -159,6 +302,8 @@ def _check(parser, opt, job: str) -> None:
     _check_names(parser, opt)
     if opt.sys_num_workers < 0:
         parser.error(f'--sys-num-workers must be 0 or more, got {opt.sys_num_workers}')
+    if opt.sys_seed is not None and not 0 <= opt.sys_seed <= MAX_SEED:
+        parser.error(f'--sys-seed must be an integer from 0 to {MAX_SEED}, got {opt.sys_seed}')
     network_side('--segmentation-validation-resize-height')
     network_side('--segmentation-validation-resize-width')
     positive('--segmentation-validation-batch-size')
@@ -169,9 +314,10 @@ def _check(parser, opt, job: str) -> None:
     if unknown or not _split(opt.segmentation_eval_remaps):
         parser.error(f'--segmentation-eval-remaps: unknown remap {",".join(unknown) or "(empty)"}; '
                      f'choose from {", ".join(REMAPS)}')
-    if job == 'evaluate' and not opt.model_load:
+    if job in ('evaluate', 'sweep') and not opt.model_load:
         parser.error('--model-load is required: name a checkpoint folder relative to $UBNA_DIR_CHECKPOINT')
     if job == 'evaluate':
+        _check_online(parser, opt)
         return
     for flag in ('--train-batches-per-epoch', '--train-num-epochs', '--train-checkpoint-frequency',
                  '--train-tb-frequency', '--train-print-frequency', '--train-scheduler-step-size'):
@@ -192,11 +338,10 @@ def _check(parser, opt, job: str) -> None:
         if (opt.segmentation_crop_height > opt.segmentation_resize_height
                 or opt.segmentation_crop_width > opt.segmentation_resize_width):
             parser.error('--segmentation-crop-height/-width must not exceed --segmentation-resize-height/-width')
-    if job == 'adapt':
+    if job in ('adapt', 'sweep'):
         loader_names('--adaptation-training-loaders', 'adaptation')
-        for flag in ('--adaptation-training-batch-size', '--adaptation-num-batches', '--adaptation-resize-height',
-                     '--adaptation-resize-width', '--adaptation-crop-height', '--adaptation-crop-width',
-                     '--adaptation-xlsx-frequency'):
+        for flag in ('--adaptation-training-batch-size', '--adaptation-resize-height', '--adaptation-resize-width',
+                     '--adaptation-crop-height', '--adaptation-crop-width', '--adaptation-xlsx-frequency'):
             positive(flag)
         for name in _split(opt.adaptation_training_loaders):
             height, width = loaders.adaptation_input_size(
@@ -207,9 +352,18 @@ def _check(parser, opt, job: str) -> None:
                              f'which must be multiples of 32 and at least 64')
         if not 0 < opt.adaptation_batchnorm_momentum <= 1:
             parser.error(f'--adaptation-batchnorm-momentum must be in (0, 1], got {opt.adaptation_batchnorm_momentum}')
+    if job == 'adapt':  # a sweep checks its lists of these settings instead
+        positive('--adaptation-num-batches')
         for flag in ('--adaptation-alpha-batch', '--adaptation-alpha-layer'):
             if getattr(opt, flag[2:].replace('-', '_')) < 0:
                 parser.error(f'{flag} must be 0 or more')
+
+
+def run_seed(opt) -> int | None:
+    """The seed of every generator: --sys-seed, else 1 with --sys-best-effort-determinism, else None (unseeded)."""
+    if opt.sys_seed is not None:
+        return opt.sys_seed
+    return DEFAULT_SEED if opt.sys_best_effort_determinism else None
 
 
 def encoder_depth(opt) -> int:
@@ -217,11 +371,16 @@ def encoder_depth(opt) -> int:
     return opt.model_num_layers_vgg if opt.model_type == 'vgg' else opt.model_num_layers
 
 
-def _parse(job: str, description: str, groups, argv):
+def _parser(job: str, description: str, groups) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f'{job}.py', description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add_group in groups:
         add_group(parser)
+    return parser
+
+
+def _parse(job: str, description: str, groups, argv):
+    parser = _parser(job, description, groups)
     opt = parser.parse_args(argv)
     _check(parser, opt, job)
     return opt
@@ -240,4 +399,19 @@ def parse_adaptation_arguments(argv=None) -> argparse.Namespace:
 
 def parse_evaluation_arguments(argv=None) -> argparse.Namespace:
     return _parse('evaluate', 'Report mIoU of a checkpoint on the segmentation validation sets.',
-                  (_add_system, _add_model, _add_segmentation_validation), argv)
+                  (_add_system, _add_model, _add_segmentation_validation, _add_online_adaptation), argv)
+
+
+def parse_sweep_arguments(argv=None) -> argparse.Namespace:
+    """adapt.py's flags, evaluate.py's too, and the sweep's lists (which replace their single-valued twins)."""
+    parser = _parser('sweep', 'Adapt and evaluate over the cross product of methods, settings and seeds; tabulate '
+                              'the mean and standard deviation over the seeds.',
+                     (_add_system, _add_model, _add_segmentation_validation, _add_training, _add_adaptation,
+                      _add_online_adaptation, _add_sweep))
+    twins = {_dest(twin): parser.get_default(_dest(twin)) for twin, _, _ in _SWEEP_LISTS.values()}
+    parser.set_defaults(model_name='sweep', online_method=None, **dict.fromkeys(twins))  # None: not given
+    opt = parser.parse_args(argv)
+    _resolve_sweep_lists(parser, opt, twins)
+    _check_sweep_online(parser, opt)
+    _check(parser, opt, 'sweep')
+    return opt

@@ -6,14 +6,15 @@ import sys
 import cv2
 import numpy as np
 
-from arguments import encoder_depth, parse_evaluation_arguments
-from dataloader.errors import UserError, run_cli
+from arguments import encoder_depth, online_settings_given, parse_evaluation_arguments, run_seed
 from dataloader.loaders import StartedLoader
 from dataloader.paths import check_environment
+from errors import UserError, run_cli
 from experiment_lock import lock_experiment
 from runtime import LoopTimer, setup_runtime, teardown_runtime
 from state_manager import StateManager, experiment_dir, save_options, write_atomically, write_json
-from validation import class_table, evaluate_model, results_dict, summary_table, validation_loaders_from
+from validation import (AgainstNone, class_table, evaluate_model, results_dict, summary_table,
+                        validation_loaders_from)
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
@@ -37,7 +38,7 @@ def save_strips(folder: str, strips) -> None:
 def main(argv=None) -> dict:
     opt = parse_evaluation_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism, opt.sys_precision)
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     lock_experiment(folder)
     save_options(opt, folder)
@@ -46,15 +47,23 @@ def main(argv=None) -> dict:
     state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
     state.load(opt.model_load, weights_only=True)
     remaps = opt.segmentation_eval_remaps.split(',')
-    print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}', flush=True)
+    model = runtime.prepare(state.model)
+    online = None if opt.online_method == 'none' else AgainstNone(opt.online_method, model, opt.online_reset,
+                                                                  **online_settings_given(opt))
+    print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}'
+          + ('' if online is None else f', adapting online with {opt.online_method}'), flush=True)
     timer = LoopTimer(runtime)
-    scores, strips = evaluate_model(runtime.prepare(state.model), validation, remaps, runtime,
-                                    opt.segmentation_eval_num_images,
-                                    skip_unused_class=opt.segmentation_eval_skip_unused_class, timer=timer)
+    scores, strips = evaluate_model(model, validation, remaps, runtime, opt.segmentation_eval_num_images,
+                                    skip_unused_class=opt.segmentation_eval_skip_unused_class, timer=timer,
+                                    online=online)
     print(timer.summary('evaluate'), flush=True)
+    if online is not None:
+        print(online.summary(), flush=True)
     print(summary_table(opt.model_name, scores))
     print(class_table(scores))
     results = results_dict(opt.model_name, scores)
+    if online is not None:
+        results['online'] = online.report()
     write_json(os.path.join(folder, 'results.json'), results)
     save_strips(folder, strips)
     teardown_runtime(runtime)

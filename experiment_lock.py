@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from dataloader.errors import UserError
+from errors import UserError
 
 LOCK_NAME = '.lock'
 _held = {}  # lock file path -> open descriptor holding its flock, for the life of this process

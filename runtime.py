@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dataloader.loaders import seed_loaders
+
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _IMPORTED = time.perf_counter()
 
@@ -53,17 +55,19 @@ class Runtime:
 
 
 def seed_everything(seed: int = 1) -> None:
-    """Best-effort determinism as in the reference: seed every generator, deterministic cuDNN."""
+    """Best-effort determinism as in the reference: seed every generator, the loaders' (their order and their
+    workers' seeds) included, and make cuDNN deterministic."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+    seed_loaders(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 
 
-def setup_runtime(use_cpu: bool, deterministic: bool, precision: str = 'fp32', autotune: bool = False) -> Runtime:
-    """Pick the device, join the torchrun process group when launched by torchrun, seed if asked.
+def setup_runtime(use_cpu: bool, seed: int | None, precision: str = 'fp32', autotune: bool = False) -> Runtime:
+    """Pick the device, join the torchrun process group when launched by torchrun, seed when a seed is given.
 
     autotune: let cuDNN time its kernels on the first batches; it pays only over many steps of one size
     (training), not for 50 adaptation batches or one pass over the validation images.
@@ -79,8 +83,8 @@ def setup_runtime(use_cpu: bool, deterministic: bool, precision: str = 'fp32', a
         device = torch.device('cpu')
     if world_size > 1:
         dist.init_process_group('nccl' if use_cuda else 'gloo')
-    if deterministic:
-        seed_everything(1)
+    if seed is not None:
+        seed_everything(seed)
     elif use_cuda:
         torch.backends.cudnn.benchmark = autotune
     return Runtime(device, rank, world_size, precision)

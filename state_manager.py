@@ -12,8 +12,8 @@ import uuid
 import torch
 import torch.nn as nn
 
-from dataloader.errors import UserError, first_line
 from dataloader.paths import checkpoint_path
+from errors import UserError, first_line
 from models.encoders import DEPTH_FLAGS
 from models.ubna import build_model
 

@@ -14,11 +14,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from arguments import encoder_depth, parse_training_arguments
+from arguments import encoder_depth, parse_training_arguments, run_seed
 from dataloader import loaders
-from dataloader.errors import UserError, run_cli
 from dataloader.paths import check_environment
 from dataloader.transforms import to_network_input
+from errors import UserError, run_cli
 from experiment_lock import lock_experiment
 from losses.segmentation import segmentation_loss
 from runtime import LoopTimer, setup_runtime, teardown_runtime
@@ -111,7 +111,7 @@ def validate(model, validation, remaps, state, runtime, opt, writer) -> None:
 def main(argv=None) -> StateManager:
     opt = parse_training_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, opt.sys_best_effort_determinism, opt.sys_precision, autotune=True)
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, autotune=True)
     pin_memory = runtime.device.type == 'cuda'
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:

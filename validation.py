@@ -1,5 +1,8 @@
 """Scoring a network on the segmentation validation loaders (spec §8): predictions, confusion matrices, strips of
 image | prediction | label, and the reference's tables; shared by evaluate.py and train.py."""
+import copy
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,7 @@ from dataloader import loaders
 from dataloader.labels import CLASS_NAMES, TRAIN_ID_COLORS
 from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
 from dataloader.transforms import to_network_input
+from models.adaptation import build_online_method
 
 
 def validation_loaders_from(opt, pin_memory: bool) -> list:
@@ -41,11 +45,14 @@ def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) ->
 
 @torch.no_grad()
 def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, show_progress=True,
-                   skip_unused_class=False, timer=None):
+                   skip_unused_class=False, timer=None, online=None):
     """Run the model in eval mode over each validation loader, on runtime's device and in its precision.
 
+    validation_loaders: (name, iterable of batch dicts) pairs, e.g. loaders or cached batches.
     skip_unused_class: never predict the unused class 19, so that every labelled pixel counts.
     timer: a runtime.LoopTimer that times the batches.
+    online: an online method (models.adaptation) that adapts on each batch's images before it returns their logits;
+    it may enable gradients itself. None: the model's own forward.
     Returns ({domain: {remap: ConfusionMatrix}}, {domain: [strip, ...]}) with at most
     `num_images` strips per domain.
     """
@@ -60,7 +67,8 @@ def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, sho
             domain = batch['domain'][0]
             matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
             with runtime.autocast():
-                logits = model(to_network_input(batch['input'], device, runtime.memory_format))
+                inputs = to_network_input(batch['input'], device, runtime.memory_format)
+                logits = model(inputs) if online is None else online(inputs)
             label = batch['label'].to(device, non_blocking=True).long()
             for remap in remaps:
                 prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
@@ -70,6 +78,34 @@ def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, sho
                 domain_strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
     model.train(was_training)
     return scores, strips
+
+
+class AgainstNone:
+    """An online method for evaluate_model that times `none` on the same batches: each batch first goes through
+    a copy of the model as it was given (eval mode, logits dropped), then through the method."""
+
+    def __init__(self, method_name: str, model, reset: str | None = None, **settings):
+        self.none = build_online_method('none', copy.deepcopy(model))
+        self.method = build_online_method(method_name, model, reset=reset, **settings)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.none(inputs)
+        return self.method(inputs)
+
+    def report(self) -> dict:
+        """results.json's 'online': the method, its settings, and milliseconds per image (null if unmeasured)."""
+        def number(value):
+            return None if math.isnan(value) else value
+
+        return {'method': self.method.name, 'settings': self.method.settings,
+                'ms_per_image_adapting': number(self.method.ms_per_image - self.none.ms_per_image),
+                'ms_per_image_none': number(self.none.ms_per_image)}
+
+    def summary(self) -> str:
+        """One log line with the method, its settings and its cost."""
+        settings = ', '.join(f'{name}={value}' for name, value in self.method.settings.items())
+        return (f'online {self.method.name} ({settings}): {self.method.ms_per_image - self.none.ms_per_image:.1f} '
+                f'ms per image adapting, {self.none.ms_per_image:.1f} for none')
 
 
 def summary_table(eval_name: str, scores) -> str:

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.paths import dataset_root  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 
 CITYSCAPES_SPLITS = {'train': 'train', 'val': 'validation', 'test': 'test'}
 KITTI_STEREO_BASELINE_M = 0.54  # distance between KITTI's colour cameras

@@ -14,8 +14,8 @@ import numpy as np
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.paths import dataset_root  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 
 CLASS_CHANNEL = 2  # R channel of the file = index 2 of OpenCV's BGR array
 

@@ -15,8 +15,8 @@ import zipfile
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.paths import dataset_root  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BASE_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti'
 DEFAULT_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'kitti_archives.txt')

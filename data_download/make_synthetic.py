@@ -19,8 +19,8 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_download.build_index import build_cityscapes, build_cityscapes_sequence, build_gta5  # noqa: E402
-from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.labels import CITYSCAPES_LABELS  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 
 # Cityscapes label ids of the classes drawn
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = 7, 8, 11, 17, 20, 21, 22, 23, 24, 26

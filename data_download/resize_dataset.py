@@ -30,13 +30,13 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataloader.dataset import read_image, split_path  # noqa: E402
-from dataloader.errors import UserError, run_cli  # noqa: E402
 from dataloader.loaders import (_SOURCES, ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS,  # noqa: E402
                                 adaptation_dataset, training_dataset, validation_dataset)
 from dataloader.paths import dataset_root  # noqa: E402
 from dataloader.resized_copy import (MANIFEST, fingerprint, read_manifest, write_atomically,  # noqa: E402
                                      write_manifest)
 from dataloader.transforms import nearest_indices, resize_color  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_RESIZE = {'training': (512, 1024), 'adaptation': (192, 640)}  # the defaults of arguments.py
 LABEL_CATEGORY = 'segmentation'

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from dataloader.errors import UserError
 from dataloader.paths import dataset_root
+from errors import UserError
 
 PARAMETER_KEYS = ('labels', 'labels_mode')
 SPLIT_KEYS = ('names', 'files', 'positions')

@@ -4,7 +4,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dataloader.errors import UserError
+from errors import UserError
 
 Label = namedtuple('Label', 'name id train_id color')
 

@@ -5,11 +5,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
 
 from dataloader.dataset import ImageDataset, read_parameters, read_split
-from dataloader.errors import UserError
 from dataloader.labels import label_converter
 from dataloader.resized_copy import check_resized_copy
 from dataloader.transforms import (RESCALE_RANGE, AdaptationTransform, SegmentationTrainTransform,
                                    ValidationTransform, to_network_input)
+from errors import UserError
 
 TRAINING_LOADERS = ('cityscapes_train', 'gta5_train', 'synthia_train')
 ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
@@ -17,6 +17,8 @@ VALIDATION_LOADERS = {'cityscapes_validation': (512, 1024), 'kitti_2015_train': 
 SEGMENTATION_PURPOSES = ('segmentation',)
 ADAPTATION_PURPOSES = ('adaptation',)
 PREFETCH_BATCHES = 4  # per worker
+_LOADER_SEEDS = torch.Generator()  # each new loader draws the seed of its own generator here
+_LOADER_SEEDS.seed()  # a random start: unseeded runs differ, as before
 
 
 @dataclass(frozen=True)
@@ -123,20 +125,28 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def seed_loaders(seed: int) -> None:
+    """The k-th loader made after this call gets the same seed in every run seeded with `seed`; torch's global
+    generator is left alone, so what draws from it (a method, an initialisation) repeats its draws too."""
+    _LOADER_SEEDS.manual_seed(seed)
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
                 pin_memory: bool, sampler=None) -> DataLoader:
     """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling; pin_memory as asked.
 
     Workers persist across passes (no fork and warm-up per epoch or restart) and each keeps PREFETCH_BATCHES
-    batches in flight.
+    batches in flight. Its order and its workers' seeds, for every pass, come from its own generator, seeded here
+    (see seed_loaders): what draws random numbers after this call does not change them.
     """
     num_samples = len(dataset) if sampler is None else len(sampler)
     if drop_last and num_samples < batch_size:
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
     workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES}
+    generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS)))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate,
-                      **(workers if num_workers > 0 else {}))
+                      generator=generator, **(workers if num_workers > 0 else {}))
 
 
 class StartedLoader:

@@ -1,7 +1,7 @@
 """Where datasets and experiment output live: the UBNA_DIR_DATASET and UBNA_DIR_CHECKPOINT variables."""
 import os
 
-from dataloader.errors import UserError
+from errors import UserError
 
 DATASET_VARIABLE = 'UBNA_DIR_DATASET'
 CHECKPOINT_VARIABLE = 'UBNA_DIR_CHECKPOINT'

@@ -14,8 +14,8 @@ import os
 import sys
 
 from dataloader.dataset import load_json
-from dataloader.errors import UserError
 from dataloader.paths import dataset_root
+from errors import UserError
 
 MANIFEST = 'resized_copy.json'
 TOOL = 'data_download/resize_dataset.py'

@@ -5,7 +5,7 @@ import urllib.parse
 import torch
 import torch.nn as nn
 
-from dataloader.errors import UserError, first_line
+from errors import UserError, first_line
 
 ENCODER_DEPTHS = {'vgg': (11, 13, 16, 19), 'resnet': (18, 34, 50, 101, 152)}
 DEPTH_FLAGS = {'vgg': '--model-num-layers-vgg', 'resnet': '--model-num-layers'}

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from dataloader.errors import UserError
+from errors import UserError
 from models.decoder import NUM_STEPS, Decoder, SegmentationOutput
 from models.encoders import build_encoder
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_download import build_index as bi
-from dataloader.errors import UserError, run_cli
+from errors import UserError, run_cli
 
 HEIGHT, WIDTH = 8, 16
 

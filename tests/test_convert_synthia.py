@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_download import convert_segmentation_synthia as cs
-from dataloader.errors import UserError, run_cli
+from errors import UserError, run_cli
 
 
 def write_synthia_label(path, ids, seed=0):

@@ -1,4 +1,4 @@
-"""The demo's whole path (data, train, evaluate, adapt three ways, curve, figures) in its --quick form."""
+"""The demo's whole path (data, train, evaluate, adapt three ways, online methods, curve, figures), --quick."""
 import os
 import subprocess
 import sys
@@ -17,6 +17,9 @@ def test_quick_demo_writes_the_table_and_both_figures(tmp_path):
     for row in ('| source model | source |', '| no adaptation | target |', '| target_only | target |',
                 '| UBNA | target |', '| UBNA+ | target |'):
         assert row in summary and row in result.stdout
+    for method, reset in (('none', '-'), ('test_batch', 'continual'), ('cbna', 'episodic'), ('bn_ema', 'continual'),
+                          ('ubna_online', 'continual'), ('dua', 'continual'), ('tent', 'continual')):
+        assert f'| {method} | {reset} |' in summary  # the online methods' table
     for figure in ('miou_vs_batches.png', 'predictions.png'):
         image = cv2.imread(str(tmp_path / figure))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 300

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 from data_download import download_kitti as dk
-from dataloader.errors import UserError, run_cli
+from errors import UserError, run_cli
 
 # drives per recording date as enumerated in spec §11 (151 in all; the spec's summary says 150)
 DRIVES_PER_DATE = {'2011_09_26': 45, '2011_09_28': 92, '2011_09_29': 3, '2011_09_30': 7, '2011_10_03': 4}

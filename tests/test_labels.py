@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dataloader.dataset import read_image
-from dataloader.errors import UserError
 from dataloader.labels import (CITYSCAPES_LABELS, CLASS_NAMES, TRAIN_ID_COLORS, colorize, label_converter)
+from errors import UserError
 from tests.dataset_fixtures import PALETTE_COLORS, palette_label
 
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,

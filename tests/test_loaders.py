@@ -1,6 +1,5 @@
 """The named loaders, batching, cycling and error reporting from workers (spec §4, CONTRACT loader API)."""
 import os
-import random
 import threading
 import traceback
 
@@ -9,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dataloader.errors import UserError, user_message
 from dataloader.loaders import (ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS, CyclingLoaders,
                                 adaptation_dataset, check_loader_names, collate, make_loader, training_dataset,
                                 validation_dataset, validation_loaders)
+from errors import UserError, user_message
+from runtime import seed_everything
 from tests.dataset_fixtures import write_dataset
 
 
@@ -142,12 +142,10 @@ def test_loaders_reproducible_after_seeding(named_datasets, workers):
     dataset = training_dataset('cityscapes_train', (64, 128), (32, 80))
     runs = []
     for _ in range(2):
-        torch.manual_seed(5)
-        random.seed(5)
+        seed_everything(5)
         runs.append(batches(make_loader(dataset, 2, True, True, workers, False)))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
-    torch.manual_seed(6)
-    random.seed(6)
+    seed_everything(6)
     assert not torch.equal(batches(make_loader(dataset, 2, True, True, workers, False))[0], runs[0][0])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_download import make_synthetic as ms
-from dataloader.errors import UserError, run_cli
+from errors import UserError, run_cli
 
 DRAWN_IDS = {ms.ROAD, ms.SIDEWALK, ms.BUILDING, ms.POLE, ms.SIGN, ms.VEGETATION, ms.TERRAIN, ms.SKY, ms.PERSON,
              ms.CAR}

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from dataloader.errors import UserError
+from errors import UserError
 from models.encoders import build_encoder
 from models.ubna import build_model, encoder_batchnorm_layers
 

@@ -12,9 +12,9 @@ import torch
 
 from data_download.resize_dataset import main as resize_main
 from dataloader.dataset import read_image
-from dataloader.errors import UserError, run_cli
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset
 from dataloader.resized_copy import MANIFEST
+from errors import UserError, run_cli
 from tests.conftest import run_script
 from tests.dataset_fixtures import id_label, noise_image, palette_label, write_dataset
 

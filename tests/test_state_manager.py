@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from dataloader.errors import UserError
+from errors import UserError
 from models.ubna import build_model
 from state_manager import StateManager, describe_architecture, experiment_dir
 from tests.test_models import ALL_BACKBONES, published_shapes

@@ -5,7 +5,8 @@
 2. train.py: pre-train ResNet-18 from scratch on the source
 3. evaluate.py: the source model on the source domain and on the target domain (no adaptation)
 4. adapt.py + evaluate.py: target_only (AdaBN), UBNA and UBNA+ on 50 target batches
-5. target mIoU against the number of adaptation batches (plot), and predictions before / after (image)
+5. evaluate.py --online-method: every online method on the target validation stream, from the source model
+6. target mIoU against the number of adaptation batches (plot), and predictions before / after (image)
 Output goes to demo_output/ (datasets, checkpoints, summary.md, miou_vs_batches.png, predictions.png).
 """
 import argparse
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 from data_download.make_synthetic import make_synthetic  # noqa: E402
 from dataloader import loaders  # noqa: E402
 from dataloader.transforms import to_network_input  # noqa: E402
-from models.adaptation import adapt_batchnorm  # noqa: E402
+from models.adaptation import ONLINE_METHODS, adapt_batchnorm  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from state_manager import StateManager  # noqa: E402
 from validation import colorize, evaluate_model  # noqa: E402
@@ -79,6 +80,23 @@ def adaptation_flags(s: dict) -> list:
 def miou(checkpoint_root: str, name: str) -> float:
     results = json.load(open(os.path.join(checkpoint_root, CLASS, name, 'results.json')))
     return results['domains']['cityscapes']['none']['miou']
+
+
+def online_row(checkpoint_root: str, name: str) -> tuple:
+    """(method, reset, target mIoU, ms per image adapting, ms per image for none) of an --online-method run."""
+    results = json.load(open(os.path.join(checkpoint_root, CLASS, name, 'results.json')))
+    online = results['online']
+    return (online['method'], online['settings']['reset'], results['domains']['cityscapes']['none']['miou'],
+            online['ms_per_image_adapting'], online['ms_per_image_none'])
+
+
+def online_table(rows: list) -> list:
+    """The markdown lines of the online methods' table (None: not measured)."""
+    def ms(value):
+        return '-' if value is None else f'{value:.1f}'
+
+    table = ['| online method | reset | target mIoU | ms/image adapting | ms/image none |', '|---|---|---|---|---|']
+    return table + [f'| {m} | {r} | {v:.3f} | {ms(a)} | {ms(n)} |' for m, r, v, a, n in rows]
 
 
 def load_source(s: dict) -> StateManager:
@@ -198,11 +216,18 @@ def main():
         rows.append((name.replace('_plus', '+').replace('ubna', 'UBNA'), 'target',
                      miou(checkpoint_root, f'eval_{name}'), adapt_seconds, t))
 
+    online_rows = [('none', '-', miou(checkpoint_root, 'eval_no_adaptation'), 0.0, None)]
+    for method in (name for name in ONLINE_METHODS if name != 'none'):  # each streams the target images once
+        run('evaluate.py', evaluate + ['--model-name', f'online_{method}', '--model-load', source,
+                                       '--online-method', method], target_root, checkpoint_root)
+        online_rows.append(online_row(checkpoint_root, f'online_{method}'))
+
     plot_curves(curve(s), os.path.join(args.out, 'miou_vs_batches.png'))
     predictions_figure(s, os.path.join(args.out, 'predictions.png'))
 
     table = ['| model | evaluated on | mIoU | train / adapt s | evaluate s |', '|---|---|---|---|---|']
     table += [f'| {m} | {d} | {v:.3f} | {a:.0f} | {e:.0f} |' for m, d, v, a, e in rows]
+    table += [''] + online_table(online_rows)
     summary = '\n'.join(table) + f'\n\ntotal {time.time() - started:.0f} s, {torch.get_num_threads()} threads\n'
     with open(os.path.join(args.out, 'summary.md'), 'w') as file:
         file.write(summary)

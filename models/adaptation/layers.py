@@ -1,0 +1,77 @@
+"""Finding the BatchNorm layers that a method adapts, putting them into a mode for one pass, and restoring them."""
+import contextlib
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from errors import UserError
+from models.ubna import UBNA
+
+
+def batchnorm_layers(model: torch.nn.Module, prefix: str | None = None) -> list:
+    """(name, layer) of every BatchNorm layer in `named_modules()` order, those whose name starts with `prefix` only."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, _BatchNorm) and (prefix is None or name.startswith(prefix))]
+
+
+def default_layers(model: torch.nn.Module) -> list:
+    """The encoder's BatchNorm layers of a UBNA network (nothing after its encoder has one), else every one."""
+    return batchnorm_layers(model, 'common.encoder.' if isinstance(model, UBNA) else None)
+
+
+def statistics_pass(model: torch.nn.Module):
+    """The cheapest forward that feeds every adapted layer: the encoder alone where the network offers it."""
+    return getattr(model, 'encoder_features', model)
+
+
+def set_momenta(layers: list, momenta: list) -> None:
+    """Give each (name, BatchNorm) layer its momentum for the next forward pass."""
+    for (_, layer), momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+
+
+@contextlib.contextmanager
+def training_mode(model: torch.nn.Module, layers: list, momenta: list | None = None, track: bool = True):
+    """The model in eval mode but `layers` in train mode, for one pass: they normalise with the batch's own
+    statistics and, with `track`, move their running statistics with `momenta` (None: keep their own momentum);
+    without `track` their running statistics stay untouched. Modes, momenta and tracking are restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    saved = [(layer.momentum, layer.track_running_stats) for _, layer in layers]
+    model.eval()
+    for _, layer in layers:
+        layer.train()
+        layer.track_running_stats = track
+    if momenta is not None:
+        set_momenta(layers, momenta)
+    try:
+        yield
+    finally:
+        for (_, layer), (momentum, track_running_stats) in zip(layers, saved):
+            layer.momentum, layer.track_running_stats = momentum, track_running_stats
+        for module, training in modes:
+            module.training = training
+
+
+def layer_state(layers: list) -> dict:
+    """A copy of every tensor of the layers (running statistics, counter, affine parameters), keyed by name."""
+    return {name: {key: value.detach().clone() for key, value in layer.state_dict().items()} for name, layer in layers}
+
+
+def restore_layer_state(layers: list, state: dict) -> None:
+    """Put back a copy made by layer_state, in place (an optimiser keeps its parameters)."""
+    with torch.no_grad():
+        for name, layer in layers:
+            for key, value in layer.state_dict(keep_vars=True).items():
+                value.copy_(state[name][key])
+
+
+def check_finite_statistics(model: torch.nn.Module, layers: list | None = None) -> None:
+    """UserError when a BatchNorm running mean or variance holds nan or inf (e.g. after adaptation)."""
+    layers = default_layers(model) if layers is None else layers
+    broken = [name for name, layer in layers
+              if not (torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all())]
+    if broken:
+        kind = 'encoder BatchNorm' if isinstance(model, UBNA) else 'BatchNorm'
+        raise UserError(f'the running statistics of {len(broken)} {kind} layers became non-finite '
+                        f'(first: {broken[0]}), so nothing was saved; check the weights of --model-load and the '
+                        f'target images')

@@ -1,0 +1,77 @@
+"""Offline adaptation (adapt.py, spec §7): N unlabelled target batches move the BatchNorm running statistics with a
+momentum schedule, then the model is saved and evaluated.
+
+A schedule maps (batch index k, number of layers L) to one momentum per layer, set before the forward pass of batch
+k. PyTorch updates running = (1 - m) * running + m * batch statistic (unbiased variance); a momentum of None makes
+BatchNorm keep the cumulative average over all batches seen since a reset.
+"""
+import contextlib
+import math
+
+import torch
+from tqdm import tqdm
+
+from models.adaptation.layers import default_layers, statistics_pass, training_mode
+
+
+def _constant(k, layer, m0, alpha_batch, alpha_layer):  # PyTorch's default behaviour, m0 = 0.1 unless changed
+    return m0
+
+
+def _batch_shrinking(k, layer, m0, alpha_batch, alpha_layer):  # UBNA: m_k = m0 * exp(-alpha_batch * k)
+    return m0 * math.exp(-alpha_batch * k)
+
+
+def _layer_shrinking(k, layer, m0, alpha_batch, alpha_layer):  # UBNA+: m_k * exp(-alpha_layer * l)
+    return m0 * math.exp(-alpha_batch * k) * math.exp(-alpha_layer * layer)
+
+
+def _cumulative_average(k, layer, m0, alpha_batch, alpha_layer):  # AdaBN: the average over the target batches
+    return None
+
+
+SCHEDULES = {'none': _constant, 'batch_shrinking': _batch_shrinking, 'layer_shrinking': _layer_shrinking,
+             'target_only': _cumulative_average}
+MODES = tuple(SCHEDULES)
+
+
+def layer_momenta(mode: str, batch_index: int, num_layers: int, momentum: float,
+                  alpha_batch: float, alpha_layer: float) -> list:
+    """The momentum of each BatchNorm layer (l = 1..num_layers) for batch k = batch_index."""
+    if mode not in SCHEDULES:
+        raise ValueError(f'unknown adaptation mode {mode!r}; choose one of {", ".join(MODES)}')
+    return [SCHEDULES[mode](batch_index, layer, momentum, alpha_batch, alpha_layer)
+            for layer in range(1, num_layers + 1)]
+
+
+def prepare_batchnorm(mode: str, layers: list) -> None:
+    """Reset the running statistics where the mode discards the source statistics (target_only)."""
+    if mode == 'target_only':
+        for _, layer in layers:
+            layer.reset_running_stats()
+
+
+@torch.no_grad()
+def adapt_batchnorm(model, batches, mode: str, momentum: float, alpha_batch: float, alpha_layer: float,
+                    show_progress: bool = True, num_batches: int | None = None, after_batch=None,
+                    autocast=contextlib.nullcontext, layers: list | None = None) -> list:
+    """Forward passes with `layers` in train mode that refresh their running statistics; nothing else changes.
+
+    `batches` yields network inputs (N×3×H×W) on the model's device, `num_batches` of them if known. `layers`: the
+    (name, BatchNorm) pairs to adapt, by default the UBNA encoder's or else every BatchNorm layer. Before batch k
+    layer l gets the momentum of `mode`; a UBNA network runs its encoder alone, since nothing after it changes a
+    statistic. `after_batch(k)` is called after batch k (e.g. to evaluate); `autocast()` wraps each pass.
+    Returns the momenta used: one (batch, layer, name, momentum) row each.
+    """
+    layers = default_layers(model) if layers is None else layers
+    forward = statistics_pass(model)
+    prepare_batchnorm(mode, layers)
+    rows = []
+    for k, images in enumerate(tqdm(batches, desc='adapt', total=num_batches, disable=not show_progress)):
+        momenta = layer_momenta(mode, k, len(layers), momentum, alpha_batch, alpha_layer)
+        rows += [(k, l, name, m) for l, ((name, _), m) in enumerate(zip(layers, momenta), start=1)]
+        with training_mode(model, layers, momenta), autocast():
+            forward(images)
+        if after_batch is not None:
+            after_batch(k)
+    return rows

@@ -1,0 +1,93 @@
+"""What a sweep keeps in its folder: sweep.json (the command that made it) and runs.csv (one row per run and
+validation domain/remap), so that a rerun skips what is done and never mixes in runs of other settings."""
+import csv
+import json
+import math
+import os
+from collections import Counter
+
+from dataloader.labels import CLASS_NAMES
+from errors import UserError
+from state_manager import write_atomically, write_json
+from sweeps.grid import SETTINGS, Run
+
+COMMAND_FILE = 'sweep.json'
+RUNS_FILE = 'runs.csv'
+LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')  # may change between reruns
+IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
+COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
+
+
+def claim_folder(folder: str, options: dict) -> None:
+    """Refuse a folder whose runs were made with other settings than `options` (the lists aside); record them."""
+    path = os.path.join(folder, COMMAND_FILE)
+    if os.path.isfile(path):
+        with open(path) as file:
+            previous = json.load(file)
+        for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS)):
+            if previous.get(key) != options.get(key):
+                raise UserError(f'the sweep folder {folder} holds runs made with --{key.replace("_", "-")} '
+                                f'{previous.get(key)!r}, not {options.get(key)!r}; rerun with the same settings or '
+                                f'choose another --model-name')
+    else:
+        for other in ('opt.json', RUNS_FILE):  # a job's folder, or runs whose command is unknown
+            if os.path.exists(os.path.join(folder, other)):
+                raise UserError(f'the folder {folder} holds {other} but no {COMMAND_FILE}, so it is not a sweep of '
+                                f'this command; choose another --experiment-class/--model-name')
+    write_json(path, options)
+
+
+def _number(value) -> str:
+    """A float exactly as Python reads it back; '' for a missing value (NaN)."""
+    return '' if value is None or (isinstance(value, float) and math.isnan(value)) else repr(float(value))
+
+
+def run_rows(run: Run, results: dict, seconds: float) -> list[dict]:
+    """The runs.csv rows of one run from validation.results_dict: one per validation domain and remap."""
+    rows = []
+    for domain, remaps in results['domains'].items():
+        for remap, scores in remaps.items():
+            row = dict(zip(SETTINGS, run.key), domain=domain, remap=remap, classes=str(len(scores['iou'])),
+                       miou=_number(scores['miou']), mean_accuracy=_number(scores['mean_accuracy']),
+                       seconds=f'{seconds:.3f}')
+            row.update(('iou_' + name.replace(' ', '_'), _number(iou)) for name, iou in scores['iou'].items())
+            rows.append(row)
+    return rows
+
+
+def row_key(row: dict) -> tuple:
+    """The settings of the run a runs.csv row belongs to, as Run.key gives them."""
+    return tuple(row[name] for name in SETTINGS)
+
+
+class RunsTable:
+    """runs.csv in memory; each finished run rewrites the file whole (atomically), so a kill leaves no half row."""
+
+    def __init__(self, path: str, rows_per_run: int):
+        self.path = path
+        self.rows_per_run = rows_per_run
+        self.rows = self._read()
+
+    def _read(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, newline='') as file:
+            reader = csv.DictReader(file)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise UserError(f'{self.path} does not have the columns a sweep writes; move it away to start over')
+            return list(reader)
+
+    def finished(self) -> set[tuple]:
+        """The keys of runs with all their rows (one per validation domain and remap)."""
+        return {key for key, count in Counter(map(row_key, self.rows)).items() if count == self.rows_per_run}
+
+    def add(self, run: Run, rows: list[dict]) -> None:
+        """Replace the rows of `run` (a partial set from an edited file) by `rows` and rewrite runs.csv."""
+        self.rows = [row for row in self.rows if row_key(row) != run.key] + rows
+
+        def write(temporary):
+            with open(temporary, 'w', newline='') as file:
+                writer = csv.DictWriter(file, COLUMNS, restval='')
+                writer.writeheader()
+                writer.writerows(self.rows)
+        write_atomically(self.path, write)

@@ -1,0 +1,143 @@
+"""Running a sweep with the jobs' own code: the validation images are decoded once, the adaptation batches once per
+seed, and each method adapts once to its largest number of batches, evaluated at every smaller one on the way."""
+import os
+import time
+
+from tqdm import tqdm
+
+from arguments import encoder_depth, online_settings_of
+from dataloader import loaders
+from dataloader.loaders import StartedLoader
+from experiment_lock import lock_experiment
+from models.adaptation import adapt_batchnorm, build_online_method, check_finite_statistics
+from models.ubna import build_model
+from runtime import seed_everything, setup_runtime, teardown_runtime
+from state_manager import StateManager, experiment_dir
+from sweeps import records, report
+from sweeps.grid import NO_ADAPTATION, ONLINE, Run, chains, sweep_runs
+from validation import evaluate_model, results_dict, validation_loaders_from
+
+VALIDATION_KEYS = ('input', 'label', 'domain')  # what evaluate_model reads of a batch
+
+
+def decode_validation(started: list) -> list:
+    """Every batch of the (name, StartedLoader) validation loaders, kept in memory: decoded once per sweep."""
+    return [(name, [{key: batch[key] for key in VALIDATION_KEYS}
+                    for batch in tqdm(loader, desc=f'decode {name}', total=len(loader), leave=False)])
+            for name, loader in started]
+
+
+class SeedBatches:
+    """The first adaptation batches of one seed, decoded at once right after seeding (as adapt.py draws them) and
+    replayed for every method of that seed."""
+
+    def __init__(self, opt, runtime, seed: int, num_batches: int):
+        seed_everything(seed)
+        self.seed = seed
+        self.batches = list(tqdm(loaders.adaptation_batches(
+            opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size, num_batches,
+            (opt.adaptation_resize_height, opt.adaptation_resize_width),
+            (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers, runtime.device,
+            runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets),
+            desc=f'decode adaptation batches, seed {seed}', total=num_batches, leave=False))
+
+
+class Sweep:
+    """The source model, the decoded validation images and runs.csv; runs chains of runs (see grid.chains)."""
+
+    def __init__(self, opt, runtime, pending: list[Run], table: records.RunsTable, progress: tqdm):
+        self.opt, self.runtime, self.table, self.progress = opt, runtime, table, progress
+        self.batches_per_seed = {}  # the most adaptation batches a pending run of each seed needs
+        for run in pending:
+            self.batches_per_seed[run.seed] = max(self.batches_per_seed.get(run.seed, 0), run.num_batches)
+        self.remaps = opt.segmentation_eval_remaps.split(',')
+        started = [(name, StartedLoader(loader))  # data first: its errors come first, its workers start now
+                   for name, loader in validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')]
+        state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
+        state.load(opt.model_load, weights_only=True)
+        self.source = state.model.state_dict()
+        self.validation = decode_validation(started)
+        self.seed_batches = None
+        self.model = None
+
+    def _source_model(self):
+        """The loaded model, built afresh as the jobs build it (so no setting of an earlier run, e.g. a BatchNorm
+        momentum, carries over)."""
+        model = build_model(self.opt.model_type, encoder_depth(self.opt), 'checkpoint', self.runtime.device)
+        model.load_state_dict(self.source)
+        return self.runtime.prepare(model)
+
+    def run_chain(self, chain: list[Run]) -> None:
+        """From the source model: evaluate (as it is, or adapting online as evaluate.py does), or adapt to the
+        chain's last N, evaluating at each N."""
+        first = chain[0]
+        self.progress.set_postfix_str(chain[-1].describe())
+        self.model = self._source_model()
+        if first.method == NO_ADAPTATION or first.method in ONLINE:
+            seed_everything(first.seed)  # as evaluate.py seeds before its online method draws
+            online = None if first.method == NO_ADAPTATION else build_online_method(
+                first.method, self.model, reset=self.opt.online_reset, **online_settings_of(self.opt, first.method))
+            self._evaluate(first, 0.0, online)
+            return
+        largest = chain[-1].num_batches
+        if self.seed_batches is None or self.seed_batches.seed != first.seed:
+            self.seed_batches = None  # free the previous seed's batches first
+            self.seed_batches = SeedBatches(self.opt, self.runtime, first.seed, self.batches_per_seed[first.seed])
+        by_batches = {run.num_batches: run for run in chain}
+        started, evaluating = time.perf_counter(), 0.0
+
+        def after_batch(k):
+            nonlocal evaluating
+            if k + 1 in by_batches:
+                self.runtime.synchronize()
+                adapting = time.perf_counter() - started - evaluating
+                check_finite_statistics(self.model)
+                evaluating += self._evaluate(by_batches[k + 1], adapting)
+
+        adapt_batchnorm(self.model, self.seed_batches.batches[:largest], first.method,
+                        self.opt.adaptation_batchnorm_momentum, first.alpha_batch or 0.0, first.alpha_layer or 0.0,
+                        show_progress=False, num_batches=largest, after_batch=after_batch,
+                        autocast=self.runtime.autocast)
+
+    def _evaluate(self, run: Run, adapting: float, online=None) -> float:
+        """Score the model as it is now (through `online`, an online method, if given), record the run (its seconds:
+        `adapting` plus this evaluation); returns the seconds of this evaluation."""
+        started = time.perf_counter()
+        scores, _ = evaluate_model(self.model, self.validation, self.remaps, self.runtime, show_progress=False,
+                                   skip_unused_class=self.opt.segmentation_eval_skip_unused_class, online=online)
+        results = results_dict(self.opt.model_name, scores)
+        seconds = time.perf_counter() - started
+        rows = records.run_rows(run, results, adapting + seconds)
+        self.table.add(run, rows)
+        self.progress.write(f'{run.describe()}: ' + ', '.join(
+            f'{row["domain"]}/{row["remap"]} mIoU {float(row["miou"] or "nan"):.3f}' for row in rows))
+        self.progress.update()
+        return seconds
+
+
+def run_sweep(opt) -> str:
+    """Run the runs of `opt` that runs.csv does not hold yet, then write summary.md and the plots; returns the
+    sweep folder."""
+    runtime = setup_runtime(opt.sys_cpu, opt.seeds[0], opt.sys_precision)  # then each seed where its batches start
+    folder = experiment_dir(opt.experiment_class, opt.model_name)
+    lock_experiment(folder)
+    rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
+    table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
+    records.claim_folder(folder, vars(opt))
+    runs = sweep_runs(opt.methods, opt.num_batches, opt.alpha_batch, opt.alpha_layer, opt.seeds)
+    finished = table.finished()
+    pending = [run for run in runs if run.key not in finished]
+    print(f'sweep of {len(runs)} runs in {folder}: {len(runs) - len(pending)} done before, {len(pending)} to run',
+          flush=True)
+    if pending:
+        with tqdm(total=len(pending), desc='sweep', unit='run') as progress:
+            sweep = Sweep(opt, runtime, pending, table, progress)
+            for chain in chains(pending):
+                sweep.run_chain(chain)
+    summary = report.write_summary(folder, table.rows, f'Sweep {opt.experiment_class}/{opt.model_name}: '
+                                   f'{opt.model_load} on {opt.segmentation_validation_loaders}')
+    plots = report.write_plots(folder, table.rows)
+    print(summary)
+    print('files: ' + ', '.join([table.path, os.path.join(folder, report.SUMMARY_FILE), *plots]))
+    teardown_runtime(runtime)
+    return folder

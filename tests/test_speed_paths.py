@@ -1,0 +1,88 @@
+"""The fast paths keep the numbers: persistent and early-started workers, networks allocated for a checkpoint,
+mixed precision through the real command lines, and the timing line of each job."""
+import os
+import re
+
+import pytest
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader
+from models.ubna import build_model
+from state_manager import StateManager
+from tests.conftest import run_script
+from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
+
+TIMING_LINE = r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s\)'
+
+
+class WorkerIds(Dataset):
+    """Sample i is (i, the process id of the worker that produced it)."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> dict:
+        return {'index': torch.tensor(index), 'pid': torch.tensor(os.getpid() if get_worker_info() else -1)}
+
+
+def test_workers_persist_across_passes_and_cycling_restarts():
+    loader = make_loader(WorkerIds(), 2, shuffle=True, drop_last=True, num_workers=2, pin_memory=False)
+    cycling = CyclingLoaders([loader], 7)  # 3 batches per pass: restarts within each iteration
+    pids = [set(batches[0]['pid'].tolist()) for _ in range(2) for batches in cycling]
+    assert len(pids) == 14 and -1 not in set.union(*pids)
+    assert len(set.union(*pids)) == 2, 'new worker processes were started'
+
+
+def test_a_started_loader_yields_the_same_passes_as_the_loader():
+    expected = [batch['index'].tolist() for batch in make_loader(WorkerIds(), 4, False, False, 2, False)]
+    started = StartedLoader(make_loader(WorkerIds(), 4, shuffle=False, drop_last=False, num_workers=2,
+                                        pin_memory=False))
+    assert len(started) == 2
+    for _ in range(3):
+        assert [batch['index'].tolist() for batch in started] == expected
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_started_cycling_loaders_begin_with_the_first_pass(num_workers):
+    started = CyclingLoaders([make_loader(WorkerIds(), 2, False, True, num_workers, False)], 5).start()
+    assert [b[0]['index'].tolist() for b in started] == [[0, 1], [2, 3], [4, 5], [0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize('model_type, depth', [('resnet', 18), ('vgg', 11)])
+def test_a_network_allocated_for_a_checkpoint_equals_the_checkpoint(tmp_path, monkeypatch, model_type, depth):
+    monkeypatch.setenv('UBNA_DIR_CHECKPOINT', str(tmp_path))
+    torch.manual_seed(0)
+    saved = StateManager(model_type, depth, 'scratch')
+    saved.save(str(tmp_path / 'run'), 'epoch_1')
+    loaded = StateManager(model_type, depth, 'checkpoint')
+    loaded.load('run/checkpoints/epoch_1', weights_only=True)
+    expected = saved.model.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.model.state_dict().items())
+    assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_encoder_features_refuse_sizes_the_network_cannot_take():
+    with pytest.raises(Exception, match='multiples of 32 and at least 64'):
+        build_model('resnet', 18, 'checkpoint').encoder_features(torch.zeros(1, 3, 64, 100))
+
+
+@pytest.fixture(scope='module')
+def source(synthetic_root, tmp_path_factory):
+    checkpoints = str(tmp_path_factory.mktemp('checkpoints'))
+    run_script('train.py', SMALL_MODEL + TRAIN + ['--model-name', 'source', '--train-num-epochs', '1'],
+               synthetic_root, checkpoints)
+    return checkpoints
+
+
+def test_bf16_adaptation_and_evaluation_run_and_keep_float32_statistics(source, synthetic_root):
+    common = SMALL_MODEL + ['--sys-precision', 'bf16', '--model-load', 'e2e/source/checkpoints/epoch_1']
+    adapted = run_script('adapt.py', common + ADAPT + ['--model-name', 'bf16', '--adaptation-num-batches', '2',
+                                                       '--adaptation-mode-sequential', 'batch_shrinking'],
+                         synthetic_root, source)
+    assert re.search(TIMING_LINE.format('adapt'), adapted.stdout), adapted.stdout
+    state = torch.load(os.path.join(source, 'e2e', 'bf16', 'checkpoints', 'batch_2', 'model.pth'), weights_only=True)
+    assert {value.dtype for key, value in state.items() if 'running' in key} == {torch.float32}
+    evaluated = run_script('evaluate.py', common + ['--model-name', 'bf16_eval'], synthetic_root, source)
+    assert re.search(TIMING_LINE.format('evaluate'), evaluated.stdout), evaluated.stdout
+    assert 'eval_name    | domain' in evaluated.stdout
