@@ -249,6 +249,10 @@ def experiment_dir(experiment_class: str, model_name: str) -> str:
     return path
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only read it by setting it)
+
+
 def write_atomically(path: str, write) -> None:
     """Call write(temporary_path), then rename over `path`: readers never see half a file."""
     folder, name = os.path.split(os.path.abspath(path))
@@ -256,6 +260,7 @@ def write_atomically(path: str, write) -> None:
     os.close(descriptor)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

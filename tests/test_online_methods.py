@@ -14,6 +14,7 @@ from models.adaptation import (ONLINE_METHODS, SettingError, adapt_batchnorm, ba
 from models.adaptation.dua import augmented_copies, within_frame
 from models.ubna import build_model, encoder_batchnorm_layers
 from tests.conftest import REPO
+from tests.test_models import no_network, one_thread  # noqa: F401 (autouse fixtures, shared)
 
 BATCHES = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(k)) * (1 + k) + k for k in range(3)]
 

@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import pytest
+import torch
 
 from errors import UserError, run_cli
 import sweep
@@ -99,6 +100,15 @@ def test_sweep_gives_the_numbers_of_adapt_and_evaluate_run_by_hand(checkpoints, 
     assert image is not None and image.shape[1] > 2 * image.shape[0]  # one panel per remap
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as run_script gives its processes: two on two shared cores are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_sweep_here(argv: list, capsys) -> tuple[int, str, str]:
     """sweep.py's entry point in this process (no interpreter start-up): exit status, stdout, stderr."""
     status = run_cli(sweep.main, argv)
@@ -107,7 +117,8 @@ def run_sweep_here(argv: list, capsys) -> tuple[int, str, str]:
 
 
 def test_rerun_skips_finished_runs_refills_a_deleted_row_and_refuses_another_command(checkpoints, synthetic_root,
-                                                                                      monkeypatch, capsys):
+                                                                                      monkeypatch, capsys,
+                                                                                      one_thread):
     monkeypatch.setenv('UBNA_DIR_DATASET', synthetic_root)
     monkeypatch.setenv('UBNA_DIR_CHECKPOINT', checkpoints)
     command = MODEL + ADAPT + ['--sys-num-workers', '0', '--model-name', 'resume', '--methods', 'batch_shrinking',

@@ -29,7 +29,7 @@ from data_download.make_synthetic import make_synthetic  # noqa: E402
 from dataloader import loaders  # noqa: E402
 from dataloader.transforms import to_network_input  # noqa: E402
 from models.adaptation import ONLINE_METHODS, adapt_batchnorm  # noqa: E402
-from runtime import Runtime  # noqa: E402
+from runtime import Runtime, seed_everything  # noqa: E402
 from state_manager import StateManager  # noqa: E402
 from validation import colorize, evaluate_model  # noqa: E402
 
@@ -111,7 +111,7 @@ def target_validation(s: dict):
 
 def curve(s: dict) -> dict:
     """Target mIoU after k adaptation batches, for each schedule (in-process, same code as adapt.py)."""
-    torch.manual_seed(1)
+    seed_everything(1)  # torch, python and the loaders: the curves repeat
     validation = target_validation(s)
     curves = {}
     for label, mode, alpha_batch, alpha_layer in CURVE_MODES:
