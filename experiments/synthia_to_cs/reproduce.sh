@@ -6,23 +6,16 @@
 # (e.g. --sys-num-workers 8, or --seeds 1 for a first look).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-"$PYTHON" "$REPO/sweep.py" \
-    --experiment-class ubna_sweeps \
+reproduce_table \
     --model-name synthia_to_cs \
-    --model-type vgg \
-    --model-num-layers-vgg 16 \
     --model-load ubna_pretrained_models/ubna_pretrained_seg_synthia_vgg16/checkpoints/epoch_20 \
     --adaptation-training-loaders cityscapes_sequence_train \
     --adaptation-resize-height 512 \
     --adaptation-resize-width 1024 \
-    --adaptation-training-batch-size 6 \
     --segmentation-validation-loaders cityscapes_validation \
     --segmentation-validation-resize-height 512 \
     --segmentation-validation-resize-width 1024 \
     --segmentation-eval-remaps none,synthia_16,synthia_13 \
-    --methods no_adaptation,batch_shrinking,layer_shrinking,target_only,test_batch,cbna,bn_ema,ubna_online,dua,tent \
-    --num-batches 1,5,10,50 \
     --alpha-batch 0.08 \
     --alpha-layer 0.03 \
-    --seeds 1,2,3 \
     "$@"
