@@ -37,7 +37,7 @@ def log_momenta(folder: str, rows) -> None:
 def main(argv=None):
     opt = parse_adaptation_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision)
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     lock_experiment(folder)
     save_options(opt, folder)
@@ -50,12 +50,13 @@ def main(argv=None):
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
                          device=runtime.device)
+    runtime.prepare(state.model)  # before loading: the checkpoint is copied straight into the final layout
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
     print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches '
           f'of {opt.adaptation_training_loaders}', flush=True)
     timer = LoopTimer(runtime)
-    rows = adapt_batchnorm(runtime.prepare(state.model), timer.wrap(batches), opt.adaptation_mode_sequential,
+    rows = adapt_batchnorm(state.model, timer.wrap(batches), opt.adaptation_mode_sequential,
                            opt.adaptation_batchnorm_momentum, opt.adaptation_alpha_batch, opt.adaptation_alpha_layer,
                            num_batches=opt.adaptation_num_batches, autocast=runtime.autocast)
     print(timer.summary('adapt'), flush=True)

@@ -14,7 +14,7 @@ from dataloader.metrics import REMAPS
 from dataloader.paths import relative_name_problem
 from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SettingError, check_online_settings, online_settings,
                                setting_flags)
-from runtime import PRECISIONS
+from runtime import MEMORY_FORMATS, PRECISIONS
 from sweeps.grid import METHODS, NO_ADAPTATION, ONLINE
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
@@ -34,8 +34,12 @@ def _add_system(parser):
     group.add_argument('--sys-sync-batchnorm', action='store_true',
                        help='(ours) synchronise BatchNorm across GPUs when run under torchrun')
     group.add_argument('--sys-precision', default='fp32', choices=tuple(PRECISIONS),
-                       help='(ours) bf16/fp16: mixed-precision autocast (channels_last on a GPU); parameters and '
+                       help='(ours) bf16/fp16: mixed-precision autocast; parameters and '
                             'BatchNorm statistics stay fp32. fp32 reproduces the reference\'s numbers')
+    group.add_argument('--sys-memory-format', default='auto', choices=MEMORY_FORMATS,
+                       help='(ours) layout of the network\'s tensors. auto: channels_last where it was measured faster '
+                            '(adaptation and evaluation; training in bf16/fp16 on a GPU), else contiguous, the '
+                            'reference\'s layout (the numbers differ only by float rounding)')
 
 
 def _add_model(parser):

@@ -38,16 +38,16 @@ def save_strips(folder: str, strips) -> None:
 def main(argv=None) -> dict:
     opt = parse_evaluation_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision)
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     lock_experiment(folder)
     save_options(opt, folder)
     validation = [(name, StartedLoader(loader))  # data first: its errors come first, and its workers start now
-                  for name, loader in validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')]
+                  for name, loader in validation_loaders_from(opt, runtime.device)]
     state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
+    model = runtime.prepare(state.model)  # before loading: the checkpoint is copied straight into the final layout
     state.load(opt.model_load, weights_only=True)
     remaps = opt.segmentation_eval_remaps.split(',')
-    model = runtime.prepare(state.model)
     online = None if opt.online_method == 'none' else AgainstNone(opt.online_method, model, opt.online_reset,
                                                                   **online_settings_given(opt))
     print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}'

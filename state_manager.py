@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -24,9 +25,12 @@ PICKLED_CODE_ERRORS = r'GLOBAL|unrecognized function|Can only create new object'
 STAGING_NAME = re.compile(r'\.(?P<name>.+)\.[0-9a-f]{32}\.tmp(?P<retired>\.old)?')  # checkpoints being written
 
 
-def read_torch_file(path: str) -> object:
-    """torch.load(weights_only=True) onto the CPU; unreadable files and pickled code become a UserError."""
+def read_torch_file(path: str, mmap: bool = False) -> object:
+    """torch.load(weights_only=True) onto the CPU; unreadable files and pickled code become a UserError.
+    mmap: tensors are mapped from the file, read when used (old non-zip files are read whole)."""
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         if re.search(PICKLED_CODE_ERRORS, str(exc)):
@@ -37,8 +41,9 @@ def read_torch_file(path: str) -> object:
 
 
 def load_model_state(path: str) -> dict:
-    """The state_dict stored in `path` (published layouts included), checked to map names to tensors."""
-    state = read_torch_file(path)
+    """The state_dict stored in `path` (published layouts included), checked to map names to tensors; its tensors
+    are mapped from the file (copied into the model, they never take heap memory of their own)."""
+    state = read_torch_file(path, mmap=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f'{path} does not hold a model state_dict (a mapping of names to tensors)')
     return state
@@ -101,9 +106,53 @@ def _warn(message: str) -> None:
     print(f'warning: {message}', file=sys.stderr)
 
 
+def contiguous_state(model: nn.Module) -> dict:
+    """The state_dict in the usual layout (a channels_last run's conv weights are copied back), as any reader
+    of model.pth expects."""
+    state = model.state_dict()  # an OrderedDict with the modules' versions in _metadata, kept
+    for key, value in state.items():
+        state[key] = value.contiguous()
+    return state
+
+
+def fresh_optimizer_state(num_parameters: int, learning_rate: float, weight_decay: float) -> dict:
+    """What a new Adam (with StepLR attached) saves: one group's hyperparameters and no moments. Adam's
+    load_state_dict adds the keys that newer torch versions save."""
+    return {'state': {}, 'param_groups': [{
+        'lr': learning_rate, 'betas': (0.9, 0.999), 'eps': 1e-8, 'weight_decay': weight_decay, 'amsgrad': False,
+        'initial_lr': learning_rate, 'params': list(range(num_parameters))}]}
+
+
+def fresh_scheduler_state(learning_rate: float, step_size: int, gamma: float) -> dict:
+    """What a new StepLR saves."""
+    return {'step_size': step_size, 'gamma': gamma, 'base_lrs': [learning_rate], 'last_epoch': 0, '_step_count': 1,
+            '_last_lr': [learning_rate]}
+
+
+def optimizer_state_misfit(state: object, num_parameters: int) -> str | None:
+    """Why Adam.load_state_dict would refuse `state` for a model with `num_parameters` (one group); None if it fits."""
+    if not isinstance(state, dict) or not isinstance(state.get('state'), dict) \
+            or not isinstance(state.get('param_groups'), list):
+        return 'not an optimiser state'
+    groups = state['param_groups']
+    if len(groups) != 1 or not isinstance(groups[0], dict) or not isinstance(groups[0].get('params'), list):
+        return f'{len(groups)} parameter groups instead of 1'
+    if len(groups[0]['params']) != num_parameters:
+        return f'{len(groups[0]["params"])} parameters instead of {num_parameters}'
+    return None
+
+
 def _save_synced(obj: object, path: str) -> None:
     with open(path, 'wb') as file:
         torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _copy_synced(origin, path: str) -> None:
+    origin.seek(0)
+    with open(path, 'wb') as file:
+        shutil.copyfileobj(origin, file)
         file.flush()
         os.fsync(file.fileno())
 
@@ -151,18 +200,76 @@ def _tidy_checkpoints(checkpoints: str) -> None:
 
 
 class StateManager:
-    """Builds the model, Adam and StepLR; keeps step and epoch; saves and loads checkpoint folders."""
+    """Builds the model, Adam and StepLR; keeps step and epoch; saves and loads checkpoint folders.
+
+    Adam and StepLR are built when first used (training): adaptation and evaluation never step them, and building
+    an optimiser imports torch._dynamo (about 2 s). Until then, what a loaded checkpoint held for them is carried
+    unchanged to the next save (its optim.pth copied, never held in memory).
+    """
 
     def __init__(self, model_type: str, num_layers: int, weights_init: str, learning_rate: float = 1e-4,
                  weight_decay: float = 0.0, scheduler_step_size: int = 15, scheduler_gamma: float | None = None,
                  device: str | torch.device = 'cpu'):
         self.device = torch.device(device)
         self.model = build_model(model_type, num_layers, weights_init, self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        gamma = learning_rate if scheduler_gamma is None else scheduler_gamma  # spec §6 quirk: gamma = learning rate
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, scheduler_step_size, gamma)
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.scheduler_step_size = scheduler_step_size
+        self.scheduler_gamma = learning_rate if scheduler_gamma is None else scheduler_gamma  # spec §6 quirk
+        self._optimizer = self._scheduler = None
+        self._carried_optimizer = None  # (path, open file) of a loaded optim.pth that fits, until it is used
+        self._carried_scheduler = None  # a loaded scheduler state, until a scheduler takes it
         self.step = 0
         self.epoch = 0
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        if self._optimizer is None:
+            self._build_optimizer()
+        return self._optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.StepLR:
+        if self._scheduler is None:
+            self._build_optimizer()
+        return self._scheduler
+
+    def _build_optimizer(self) -> None:
+        """Adam and StepLR, then the carried states (in the reference's order: optimiser, then scheduler)."""
+        self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate,
+                                           weight_decay=self.weight_decay)
+        self._scheduler = torch.optim.lr_scheduler.StepLR(self._optimizer, self.scheduler_step_size,
+                                                          self.scheduler_gamma)
+        if self._carried_optimizer is not None:
+            path, file = self._carried_optimizer
+            self._carried_optimizer = None
+            with file:
+                self._take_optimizer_state(path)
+        if self._carried_scheduler is not None:
+            self._scheduler.load_state_dict(self._carried_scheduler)
+            self._carried_scheduler = None
+
+    def _take_optimizer_state(self, path: str) -> None:
+        try:
+            self._optimizer.load_state_dict(read_torch_file(path))
+        except (ValueError, KeyError, TypeError) as exc:  # as the reference: a misfit optimiser is skipped
+            _warn(f'{path} does not fit this model ({first_line(exc)}), the optimiser starts afresh')
+
+    def _optimizer_file(self, path: str) -> None:
+        """Write optim.pth: the optimiser's state, else the carried file, else a new optimiser's state."""
+        if self._optimizer is not None:
+            _save_synced(self._optimizer.state_dict(), path)
+        elif self._carried_optimizer is not None:  # copied from the file opened at load: a later swap may move it
+            _copy_synced(self._carried_optimizer[1], path)
+        else:
+            _save_synced(fresh_optimizer_state(len(list(self.model.parameters())), self.learning_rate,
+                                               self.weight_decay), path)
+
+    def _scheduler_state(self) -> dict:
+        if self._scheduler is not None:
+            return self._scheduler.state_dict()
+        if self._carried_scheduler is not None:
+            return self._carried_scheduler
+        return fresh_scheduler_state(self.learning_rate, self.scheduler_step_size, self.scheduler_gamma)
 
     def save(self, experiment_dir: str, name: str) -> str:
         """Write experiment_dir/checkpoints/<name>/{model,optim,scheduler,train}.pth as a whole; return the folder."""
@@ -173,9 +280,9 @@ class StateManager:
         staging = _staging_folder(checkpoints, name)  # renamed into place when complete
         os.mkdir(staging)
         try:
-            _save_synced(self.model.state_dict(), os.path.join(staging, 'model.pth'))
-            _save_synced(self.optimizer.state_dict(), os.path.join(staging, 'optim.pth'))
-            _save_synced(self.scheduler.state_dict(), os.path.join(staging, 'scheduler.pth'))
+            _save_synced(contiguous_state(self.model), os.path.join(staging, 'model.pth'))
+            self._optimizer_file(os.path.join(staging, 'optim.pth'))
+            _save_synced(self._scheduler_state(), os.path.join(staging, 'scheduler.pth'))
             _save_synced({'step': self.step, 'epoch': self.epoch}, os.path.join(staging, 'train.pth'))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -212,13 +319,18 @@ class StateManager:
         self._load_training(os.path.join(full, 'train.pth'))
 
     def _load_optimizer(self, path: str) -> None:
+        """Check optim.pth now (its tensors stay on disk) and carry it to the optimiser or the next save."""
         if not os.path.isfile(path):
             _warn(f'{path} not found, the optimiser starts afresh')
             return
-        try:
-            self.optimizer.load_state_dict(read_torch_file(path))
-        except (ValueError, KeyError, TypeError) as exc:  # as the reference: an optimiser of another setup is skipped
-            _warn(f'{path} does not fit this model ({first_line(exc)}), the optimiser starts afresh')
+        misfit = optimizer_state_misfit(read_torch_file(path, mmap=True), len(list(self.model.parameters())))
+        if misfit:  # as the reference: an optimiser of another setup is skipped
+            _warn(f'{path} does not fit this model ({misfit}), the optimiser starts afresh')
+            return
+        if self._optimizer is None:
+            self._carried_optimizer = (path, open(path, 'rb'))
+        else:
+            self._take_optimizer_state(path)
 
     def _load_scheduler(self, path: str) -> None:
         if not os.path.isfile(path):
@@ -227,7 +339,10 @@ class StateManager:
         state = read_torch_file(path)
         if not isinstance(state, dict):
             raise UserError(f'{path} does not hold a learning-rate scheduler state')
-        self.scheduler.load_state_dict(state)
+        if self._scheduler is None:
+            self._carried_scheduler = state
+        else:
+            self._scheduler.load_state_dict(state)
 
     def _load_training(self, path: str) -> None:
         if not os.path.isfile(path):

@@ -26,9 +26,9 @@ from state_manager import StateManager, experiment_dir, save_options
 from validation import evaluate_model, strip, summary_table, validation_loaders_from
 
 
-def training_batches(opt, runtime, pin_memory: bool) -> loaders.CyclingLoaders:
+def training_batches(opt, runtime) -> loaders.CyclingLoaders:
     """--train-batches-per-epoch batches per epoch from every training loader, each cycled."""
-    data_loaders = []
+    data_loaders, on_gpu = [], runtime.device.type == 'cuda'
     for name in opt.segmentation_training_loaders.split(','):
         dataset = loaders.training_dataset(
             name, (opt.segmentation_resize_height, opt.segmentation_resize_width),
@@ -37,7 +37,7 @@ def training_batches(opt, runtime, pin_memory: bool) -> loaders.CyclingLoaders:
                    if runtime.distributed else None)
         data_loaders.append(loaders.make_loader(dataset, opt.segmentation_training_batch_size, shuffle=True,
                                                 drop_last=True, num_workers=opt.sys_num_workers,
-                                                pin_memory=pin_memory, sampler=sampler))
+                                                pin_memory=on_gpu, sampler=sampler, low_priority_workers=not on_gpu))
     return loaders.CyclingLoaders(data_loaders, opt.train_batches_per_epoch)
 
 
@@ -111,15 +111,15 @@ def validate(model, validation, remaps, state, runtime, opt, writer) -> None:
 def main(argv=None) -> StateManager:
     opt = parse_training_arguments(argv)
     check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, autotune=True)
-    pin_memory = runtime.device.type == 'cuda'
+    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format,
+                            training=True)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:
         lock_experiment(folder)
         save_options(opt, folder)
     # data first: its errors are the common ones, and its workers decode while the network is built
-    batches = training_batches(opt, runtime, pin_memory).start()
-    validation = validation_loaders_from(opt, pin_memory) if runtime.is_main else []
+    batches = training_batches(opt, runtime).start()
+    validation = validation_loaders_from(opt, runtime.device) if runtime.is_main else []
     weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,

@@ -30,7 +30,7 @@ from dataloader.metrics import ConfusionMatrix, remapped_prediction  # noqa: E40
 from losses.segmentation import segmentation_loss  # noqa: E402
 from models.adaptation import adapt_batchnorm  # noqa: E402
 from models.ubna import build_model  # noqa: E402
-from runtime import Runtime  # noqa: E402
+from runtime import Runtime, choose_memory_format  # noqa: E402
 from validation import upsample_labels  # noqa: E402
 
 LABEL_SIZE = (1024, 2048)
@@ -98,7 +98,9 @@ def _case(case, runtime, model, size, batch):
 
 def _measure(case, model_name, size, batch, device_name, precision, repeats, queue):
     torch.manual_seed(0)
-    runtime = Runtime(torch.device(device_name), precision=precision)
+    device = torch.device(device_name)
+    runtime = Runtime(device, precision=precision,
+                      memory_format=choose_memory_format('auto', case == 'training', precision, device))
     model = runtime.prepare(build_model(*MODELS[model_name], 'scratch', runtime.device))
     step, count = _case(case, runtime, model, size, batch)
     seconds = _timed(step, runtime, repeats)

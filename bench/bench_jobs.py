@@ -7,14 +7,18 @@ Writes photo-like PNGs at native size (KITTI-like stereo for adaptation, Citysca
 the first batch, images/s after it, and the pipeline efficiency = job images/s / network-alone images/s (bench.py's
 measurement of the same step on random tensors). Defaults follow the device: VGG16-bn at the paper's sizes on a GPU,
 ResNet-18 at small sizes on a CPU.
-Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--keep DIR] [...]
+With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
+flags, and the speed and memory ratios are printed.
+Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--keep DIR] [--reference DIR]
 """
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -56,8 +60,9 @@ def write_indexed(root: str, dataset: str, categories: dict, count: int, split: 
     positions = [[[i, 0, 0, i] for i in range(count)] for _ in names]
     content = {'names': names, 'types': ['.png'] * len(names), 'folders': names, 'files': files,
                'positions': positions}
-    write_json(os.path.join(folder, 'parameters.json'), {'labels': labels, 'labels_mode': labels_mode,
-                                                         'splits': [split] if split else []})
+    write_json(os.path.join(folder, 'parameters.json'), {  # all keys of spec §2, so that the reference reads it too
+        'K': None, 'stereo_T': None, 'labels': labels, 'labels_mode': labels_mode, 'depth_mode': None,
+        'flow_mode': None, 'splits': [split] if split else []})
     write_json(os.path.join(folder, 'basic_files.json'), content)
     write_json(os.path.join(folder if split is None else f'{folder}_{split}', f'{split_file}.json'), content)
 
@@ -77,21 +82,58 @@ def write_datasets(root: str, args) -> None:
                   args.train_steps * args.train_batch, split='full_split', labels='gta5', labels_mode='fromrgb')
 
 
-def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str) -> dict:
-    """Wall seconds, the job's own timing line and its peak resident memory (largest process)."""
+class GpuMemoryPoller(threading.Thread):
+    """The largest GPU memory nvidia-smi reports for one process (CUDA context included), polled every 0.1 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stopped = pid, None, threading.Event()
+
+    def run(self) -> None:
+        query = ['nvidia-smi', '--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits']
+        while not self.stopped.wait(0.1):
+            try:
+                lines = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.splitlines()
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            for line in lines:
+                pid, used = (field.strip() for field in line.split(','))
+                if pid == str(self.pid) and used.isdigit():
+                    self.peak = max(self.peak or 0, float(used))
+
+
+def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, cwd: str = REPO,
+            device: str = 'cpu') -> dict:
+    """Wall seconds, the job's own timing line (ours only), its peak resident memory (largest process) and, on
+    a GPU, its peak GPU memory as nvidia-smi sees it."""
     env = {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, script, *map(str, flags)], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, script, *map(str, flags)], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    poller = GpuMemoryPoller(process.pid)
+    if device == 'cuda' and shutil.which('nvidia-smi'):
+        poller.start()
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    poller.stopped.set()
     if status != 0:
-        raise SystemExit(f'{script} failed:\n{output}')
-    first, images, seconds, rate = SUMMARY.search(output).groups()
-    memory = re.search(r'peak (\d+) MiB on the GPU', output)
-    return {'wall': wall, 'first': float(first), 'rate': float(rate), 'rss': usage.ru_maxrss / 1024,
-            'gpu': float(memory.group(1)) if memory else None}
+        raise SystemExit(f'{os.path.join(cwd, script)} failed:\n{output}')
+    result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024, 'gpu': poller.peak}
+    timing = SUMMARY.search(output)
+    if timing:
+        result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
+    return result
+
+
+def _cell(value: float | None, width: int, digits: int = 1) -> str:
+    return f'{value:{width}.{digits}f}' if value is not None else f'{"-":>{width}}'
+
+
+def reference_flags(flags: list) -> list:
+    """Our flags without those the reference lacks (ours: --sys-precision)."""
+    cut = flags.index('--sys-precision')
+    return flags[:cut] + flags[cut + 2:]
 
 
 def main() -> None:
@@ -109,6 +151,9 @@ def main() -> None:
     parser.add_argument('--workers', type=int, help='--sys-num-workers of the jobs')
     parser.add_argument('--repeats', type=int, default=3, help='repeats of the network-alone measurements')
     parser.add_argument('--keep', help='write the data and checkpoints here instead of a temporary folder')
+    parser.add_argument('--reference', metavar='DIR',
+                        help='a checkout of the reference code (github.com/ifnspaml/UBNA): also run its adapt.py and '
+                             'eval_segmentation.py on the same data, checkpoint and flags')
     args = parser.parse_args()
     for key, value in DEFAULTS[args.device].items():
         if getattr(args, key) is None:
@@ -132,13 +177,21 @@ def main() -> None:
             args.train_steps, '--train-num-epochs', 1, '--train-tb-frequency', 10 ** 6,
             '--train-print-frequency', 10 ** 6], datasets, checkpoints)
         source = 'bench/source/checkpoints/epoch_1'
-        adapt = run_job('adapt.py', common + [
+        adapt_flags = common + [
             '--model-name', 'adapted', '--model-load', source, '--adaptation-training-loaders', 'kitti_kitti_train',
             '--adaptation-training-batch-size', args.adapt_batch, '--adaptation-num-batches', args.adapt_batches,
             '--adaptation-resize-height', adapt_h, '--adaptation-resize-width', adapt_w,
-            '--adaptation-mode-sequential', 'batch_shrinking'], datasets, checkpoints)
-        evaluate = run_job('evaluate.py', common + ['--model-name', 'evaluated', '--model-load', source,
-                                                    '--segmentation-eval-num-images', 0], datasets, checkpoints)
+            '--adaptation-mode-sequential', 'batch_shrinking']
+        evaluate_flags = common + ['--model-name', 'evaluated', '--model-load', source,
+                                   '--segmentation-eval-num-images', 0]
+        adapt = run_job('adapt.py', adapt_flags, datasets, checkpoints, device=args.device)
+        evaluate = run_job('evaluate.py', evaluate_flags, datasets, checkpoints, device=args.device)
+        if args.reference:  # same data, checkpoint and flags; scratch init: the checkpoint replaces ImageNet's
+            reference = {
+                'adapt': run_job('adapt.py', reference_flags(adapt_flags) + ['--train-weights-init', 'scratch'],
+                                 datasets, checkpoints, cwd=args.reference, device=args.device),
+                'evaluate': run_job('eval_segmentation.py', reference_flags(evaluate_flags), datasets, checkpoints,
+                                    cwd=args.reference, device=args.device)}
     network = {
         'adapt': measure('adaptation', args.model, (adapt_h, adapt_w), args.adapt_batch, args.device, args.repeats,
                          args.precision)[0],
@@ -146,17 +199,27 @@ def main() -> None:
         'train': measure('training', args.model, (192, 640), args.train_batch, args.device, args.repeats,
                          args.precision)[0],
     }
-    jobs = {'adapt': (adapt, f'adapt.py {args.adapt_batches}x{args.adapt_batch} at {adapt_h}x{adapt_w} '
+    jobs = [('adapt', adapt, f'adapt.py {args.adapt_batches}x{args.adapt_batch} at {adapt_h}x{adapt_w} '
                              f'from {args.adapt_native}'),
-            'evaluate': (evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
-            'train': (train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from 1052x1914')}
+            ('evaluate', evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
+            ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from 1052x1914')]
+    if args.reference:
+        jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
+                 ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]
     print(f'\n{"job":52} | {"wall s":>6} | {"first batch s":>13} | {"images/s":>8} | {"network images/s":>16} | '
           f'{"efficiency":>10} | {"peak RSS MiB":>12} | {"peak GPU MiB":>12}')
-    for key, (result, label) in jobs.items():
-        gpu = f'{result["gpu"]:12.0f}' if result['gpu'] is not None else f'{"-":>12}'
-        print(f'{label:52} | {result["wall"]:6.1f} | {result["first"]:13.1f} | {result["rate"]:8.1f} | '
-              f'{network[key]:16.1f} | {result["rate"] / network[key]:10.2f} | {result["rss"]:12.0f} | {gpu}',
-              flush=True)
+    for key, result, label in jobs:
+        efficiency = result['rate'] / network[key] if result['rate'] is not None else None
+        print(f'{label:52} | {_cell(result["wall"], 6)} | {_cell(result["first"], 13)} | {_cell(result["rate"], 8)} | '
+              f'{network[key]:16.1f} | {_cell(efficiency, 10, 2)} | {_cell(result["rss"], 12, 0)} | '
+              f'{_cell(result["gpu"], 12, 0)}', flush=True)
+    if args.reference:
+        for key, ours in (('adapt', adapt), ('evaluate', evaluate)):
+            theirs = reference[key]
+            gpu = (f', peak GPU memory {ours["gpu"] / theirs["gpu"]:.2f} of the reference\'s'
+                   if ours['gpu'] and theirs['gpu'] else '')
+            print(f'{key}: {theirs["wall"] / ours["wall"]:.2f}x the reference\'s speed end to end, peak RSS '
+                  f'{ours["rss"] / theirs["rss"]:.2f} of the reference\'s{gpu}', flush=True)
 
 
 if __name__ == '__main__':

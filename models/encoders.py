@@ -1,4 +1,5 @@
-"""Torchvision VGG-bn and ResNet encoders returning five feature maps at strides 2, 4, 8, 16, 32 (spec §5)."""
+"""VGG-bn and ResNet encoders (torchvision's backbones) returning five feature maps at strides 2, 4, 8, 16, 32
+(spec §5)."""
 import os
 import urllib.parse
 
@@ -6,16 +7,11 @@ import torch
 import torch.nn as nn
 
 from errors import UserError, first_line
+from models.backbones import IMAGENET_URLS, VGG, ResNet
 
 ENCODER_DEPTHS = {'vgg': (11, 13, 16, 19), 'resnet': (18, 34, 50, 101, 152)}
 DEPTH_FLAGS = {'vgg': '--model-num-layers-vgg', 'resnet': '--model-num-layers'}
 WEIGHTS_INITS = ('pretrained', 'scratch', 'checkpoint')  # checkpoint: not initialised, a checkpoint fills every tensor
-
-
-def _torchvision():
-    """torchvision, imported on first use: the import takes seconds, and the loader workers never need it."""
-    import torchvision
-    return torchvision
 
 
 def torchvision_name(model_type: str, num_layers: int) -> str:
@@ -25,44 +21,41 @@ def torchvision_name(model_type: str, num_layers: int) -> str:
 
 def imagenet_state_dict(name: str) -> dict:
     """The ImageNet weights of torchvision model `name`, from the torch hub cache or downloaded into it."""
-    weights = _torchvision().models.get_model_weights(name).IMAGENET1K_V1  # what pretrained=True meant in the reference
-    file_name = os.path.basename(urllib.parse.urlparse(weights.url).path)
+    url = IMAGENET_URLS[name]
+    file_name = os.path.basename(urllib.parse.urlparse(url).path)
     folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
     was_cached = os.path.isfile(os.path.join(folder, file_name))
     try:
-        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
     except Exception as exc:  # download and torch.load fail in many ways; all mean the same to the user
         if was_cached:
             raise UserError(f'the ImageNet weights file {os.path.join(folder, file_name)} cannot be read '
                             f'({first_line(exc)}); delete it to download it again, or use '
                             f'--train-weights-init scratch') from exc
         raise UserError(f'the ImageNet weights {file_name} are not in the torch hub folder {folder} and '
-                        f'downloading them from {weights.url} failed ({first_line(exc)}); place the file there '
+                        f'downloading them from {url} failed ({first_line(exc)}); place the file there '
                         f'or use --train-weights-init scratch') from exc
 
 
 def _headless_vgg(num_layers: int, device: torch.device, initialise: bool) -> nn.Module:
-    """torchvision's VGG-bn without avgpool and classifier, never materialising the ~120 M classifier weights."""
-    with torch.device('meta'):
-        vgg = _torchvision().models.get_model(torchvision_name('vgg', num_layers), weights=None)
-    del vgg.avgpool, vgg.classifier
+    """VGG-bn features on `device`, with torchvision's initialisation or (for a checkpoint to fill) the modules'."""
     if not initialise:
-        return vgg
+        with torch.device(device):
+            return VGG(num_layers)
+    with torch.device('meta'):  # as always: the seeded draws of a scratch VGG are torchvision's kaiming ones alone
+        vgg = VGG(num_layers)
     vgg.to_empty(device=device)
-    for module in vgg.features.modules():  # torchvision's initialisation of the features
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            module.reset_parameters()
+    vgg.initialise()
     return vgg
 
 
 def _headless_resnet(num_layers: int, device: torch.device, initialise: bool) -> nn.Module:
-    """torchvision's ResNet without avgpool and fc."""
-    with torch.device(device if initialise else 'meta'):
-        resnet = _torchvision().models.get_model(torchvision_name('resnet', num_layers), weights=None)
-    del resnet.avgpool, resnet.fc
+    """ResNet without avgpool and fc on `device`, with torchvision's initialisation or (for a checkpoint to fill)
+    the modules'."""
+    with torch.device(device):
+        resnet = ResNet(num_layers)
+    if initialise:
+        resnet.initialise()
     return resnet
 
 
@@ -112,8 +105,8 @@ class ResnetEncoder(nn.Module):
 
 def build_encoder(model_type: str, num_layers: int, weights_init: str,
                   device: str | torch.device = 'cpu') -> nn.Module:
-    """A VggEncoder or ResnetEncoder on `device`, ImageNet-initialised ('pretrained') or random ('scratch');
-    'checkpoint' leaves it on the meta device, for build_model to allocate and a checkpoint to fill."""
+    """A VggEncoder or ResnetEncoder on `device`, ImageNet-initialised ('pretrained'), random as torchvision's
+    ('scratch'), or with its modules' default initialisation ('checkpoint': a checkpoint will fill it)."""
     if model_type not in ENCODER_DEPTHS:
         raise UserError(f'--model-type {model_type} is not supported; choose resnet or vgg')
     if num_layers not in ENCODER_DEPTHS[model_type]:

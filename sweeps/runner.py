@@ -52,7 +52,7 @@ class Sweep:
             self.batches_per_seed[run.seed] = max(self.batches_per_seed.get(run.seed, 0), run.num_batches)
         self.remaps = opt.segmentation_eval_remaps.split(',')
         started = [(name, StartedLoader(loader))  # data first: its errors come first, its workers start now
-                   for name, loader in validation_loaders_from(opt, pin_memory=runtime.device.type == 'cuda')]
+                   for name, loader in validation_loaders_from(opt, runtime.device)]
         state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
         state.load(opt.model_load, weights_only=True)
         self.source = state.model.state_dict()
@@ -118,7 +118,8 @@ class Sweep:
 def run_sweep(opt) -> str:
     """Run the runs of `opt` that runs.csv does not hold yet, then write summary.md and the plots; returns the
     sweep folder."""
-    runtime = setup_runtime(opt.sys_cpu, opt.seeds[0], opt.sys_precision)  # then each seed where its batches start
+    # seeded with the first seed here, then with each run's seed where its batches start
+    runtime = setup_runtime(opt.sys_cpu, opt.seeds[0], opt.sys_precision, opt.sys_memory_format)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     lock_experiment(folder)
     rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))

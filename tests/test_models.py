@@ -1,5 +1,7 @@
 """Encoders, decoder and the UBNA network: shapes, published keys, BatchNorm order, ImageNet weights loading."""
 import os
+import subprocess
+import sys
 import urllib.error
 
 import pytest
@@ -8,6 +10,7 @@ import torch.nn as nn
 import torchvision
 
 from errors import UserError
+from models.backbones import IMAGENET_URLS, VGG, ResNet
 from models.encoders import build_encoder
 from models.ubna import build_model, encoder_batchnorm_layers
 
@@ -103,6 +106,55 @@ def test_vgg_aliases_share_modules_and_imagenet_heads_are_gone():
     assert vgg.conv3[7] is vgg.features[21] and vgg.conv5[-1] is vgg.features[43]
     assert not hasattr(vgg, 'classifier') and not hasattr(vgg, 'avgpool')
     assert not hasattr(build_model('resnet', 18, 'scratch').common.encoder.encoder, 'fc')
+
+
+@pytest.mark.parametrize('num_layers', [18, 50])
+def test_seeded_resnet_equals_torchvision_and_draws_the_same_numbers(num_layers):
+    torch.manual_seed(3)
+    reference = torchvision.models.get_model(f'resnet{num_layers}', weights=None).train()
+    after_reference = torch.rand(4)
+    torch.manual_seed(3)
+    ours = ResNet(num_layers).train()
+    ours.initialise()
+    assert torch.equal(torch.rand(4), after_reference)  # the same draws: later seeded numbers are unchanged too
+    expected = {k: v for k, v in reference.state_dict().items() if not k.startswith('fc.')}
+    assert list(ours.state_dict()) == list(expected)
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in expected.items())
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        stem = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        expected_out = reference.layer4(reference.layer3(reference.layer2(reference.layer1(stem))))
+        out = ours.layer4(ours.layer3(ours.layer2(ours.layer1(ours.maxpool(ours.relu(ours.bn1(ours.conv1(x))))))))
+    assert torch.equal(out, expected_out)
+
+
+@pytest.mark.parametrize('num_layers', [11, 16])
+def test_vgg_features_compute_as_torchvision(num_layers):
+    torch.manual_seed(4)
+    reference = torchvision.models.get_model(f'vgg{num_layers}_bn', weights=None).features.train()
+    ours = VGG(num_layers).train()
+    ours.features.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours.features(x), reference(x))
+    assert all(torch.equal(ours.features.state_dict()[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_URLS))
+def test_imagenet_urls_are_torchvisions(name):
+    assert IMAGENET_URLS[name] == torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+
+
+def test_building_and_saving_a_network_imports_neither_torchvision_nor_dynamo(tmp_path):
+    """Each import costs seconds (and torchvision hundreds of MB) at every start: the backbones are our own, and
+    Adam (which imports torch._dynamo) is built only when training uses it."""
+    code = ('import sys, adapt, evaluate, train, sweep\n'
+            'from state_manager import StateManager\n'
+            'StateManager("vgg", 11, "scratch")\n'
+            f'StateManager("resnet", 18, "checkpoint").save({str(tmp_path)!r}, "batch_1")\n'
+            'assert "torchvision" not in sys.modules, "torchvision was imported"\n'
+            'assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"')
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 def test_pretrained_resnet_loads_file_from_torch_hub_cache(hub_checkpoints):

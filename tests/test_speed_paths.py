@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader
+from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
 from models.ubna import build_model
 from state_manager import StateManager
 from tests.conftest import run_script
@@ -32,6 +32,52 @@ def test_workers_persist_across_passes_and_cycling_restarts():
     pids = [set(batches[0]['pid'].tolist()) for _ in range(2) for batches in cycling]
     assert len(pids) == 14 and -1 not in set.union(*pids)
     assert len(set.union(*pids)) == 2, 'new worker processes were started'
+
+
+class WorkerNiceness(Dataset):
+    """Every sample is the niceness of the process that reads it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict:
+        return {'nice': torch.tensor(os.nice(0))}
+
+
+def test_low_priority_workers_yield_the_cores_to_the_network():
+    base = os.nice(0)
+    for low_priority, expected in ((True, min(19, base + 19)), (False, base)):
+        loader = make_loader(WorkerNiceness(), 2, False, False, 2, False, low_priority_workers=low_priority)
+        assert {value for batch in loader for value in batch['nice'].tolist()} == {expected}
+    assert os.nice(0) == base  # the job's own process keeps its priority
+
+
+class Indices(Dataset):
+    """Sample i is i."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return {'index': torch.tensor(index)}
+
+
+@pytest.mark.parametrize('needed', [6, 20])
+def test_a_loader_limited_to_the_samples_needed_yields_the_same_ones(needed):
+    """Adaptation reads num_batches x batch size samples: the same as the start of each whole pass, no more."""
+    def passes(samples_needed):
+        seed_loaders(3)
+        dataset = Indices(16)
+        loader = make_loader(dataset, 2, True, True, 0, False, samples_needed=samples_needed)
+        batches = [batch['index'].tolist() for batches in CyclingLoaders([loader], needed // 2) for batch in batches]
+        return batches, len(loader)
+    whole, whole_pass = passes(None)
+    limited, limited_pass = passes(needed)
+    assert limited == whole
+    assert (whole_pass, limited_pass) == (8, min(needed, 16) // 2)
 
 
 def test_a_started_loader_yields_the_same_passes_as_the_loader():
@@ -60,6 +106,14 @@ def test_a_network_allocated_for_a_checkpoint_equals_the_checkpoint(tmp_path, mo
     expected = saved.model.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in loaded.model.state_dict().items())
     assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_a_network_built_for_a_checkpoint_draws_nothing_from_the_seeded_generator():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_model('resnet', 18, 'checkpoint')
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_encoder_features_refuse_sizes_the_network_cannot_take():

@@ -143,6 +143,51 @@ def test_missing_optimizer_and_scheduler_are_warned_and_skipped(root, capsys):
     assert (loaded.step, loaded.epoch) == (7, 3)
 
 
+def test_an_unused_optimiser_is_carried_to_the_next_save_unchanged(root):
+    """Adaptation never steps Adam: it is not built (no torch._dynamo import) and optim.pth is copied as loaded."""
+    saved = StateManager('resnet', 18, **RUN)
+    train_one_step(saved)
+    source = saved.save(str(root / 'source'), 'epoch_3')
+    adapted = StateManager('resnet', 18, 'checkpoint')
+    adapted.load('source/checkpoints/epoch_3')
+    target = adapted.save(str(root / 'adapted'), 'batch_50')
+    assert adapted._optimizer is None
+    with open(os.path.join(source, 'optim.pth'), 'rb') as a, open(os.path.join(target, 'optim.pth'), 'rb') as b:
+        assert a.read() == b.read()
+    for name in ('scheduler.pth', 'train.pth'):
+        assert nested_equal(torch.load(os.path.join(target, name), weights_only=True),
+                            torch.load(os.path.join(source, name), weights_only=True))
+    resumed = StateManager('resnet', 18, **RUN)
+    resumed.load('adapted/checkpoints/batch_50')
+    assert nested_equal(resumed.optimizer.state_dict(), saved.optimizer.state_dict())
+    assert nested_equal(resumed.scheduler.state_dict(), saved.scheduler.state_dict())
+
+
+@pytest.mark.parametrize('learning_rate,weight_decay,gamma', [(1e-4, 0.0, None), (3e-3, 1e-5, 0.5)])
+def test_the_states_of_an_optimiser_never_built_load_as_new_ones(root, learning_rate, weight_decay, gamma):
+    options = dict(learning_rate=learning_rate, weight_decay=weight_decay, scheduler_step_size=7,
+                   scheduler_gamma=gamma)
+    StateManager('resnet', 18, 'scratch', **options).save(str(root / 'run'), 'batch_1')
+    loaded = StateManager('resnet', 18, 'scratch', **options)
+    loaded.load('run/checkpoints/batch_1')
+    new = StateManager('resnet', 18, 'scratch', **options)
+    assert nested_equal(loaded.optimizer.state_dict(), new.optimizer.state_dict())
+    assert nested_equal(loaded.scheduler.state_dict(), new.scheduler.state_dict())
+
+
+def test_an_optimiser_state_of_another_model_is_warned_and_a_new_one_saved(root, capsys):
+    saved = StateManager('resnet', 18, **RUN)
+    train_one_step(saved)
+    folder = saved.save(str(root / 'run'), 'epoch_3')
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    torch.save(other, os.path.join(folder, 'optim.pth'))
+    loaded = StateManager('resnet', 18, **RUN)
+    loaded.load('run/checkpoints/epoch_3')
+    assert 'optim.pth does not fit this model (1 parameters instead of' in capsys.readouterr().err
+    again = loaded.save(str(root / 'again'), 'epoch_3')
+    assert torch.load(os.path.join(again, 'optim.pth'), weights_only=True)['state'] == {}
+
+
 @pytest.mark.parametrize('model_type,num_layers', ALL_BACKBONES)
 def test_architecture_is_read_from_keys(model_type, num_layers):
     state = build_model(model_type, num_layers, 'scratch').state_dict()
