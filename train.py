@@ -37,7 +37,7 @@ def training_batches(opt, runtime) -> loaders.CyclingLoaders:
                    if runtime.distributed else None)
         data_loaders.append(loaders.make_loader(dataset, opt.segmentation_training_batch_size, shuffle=True,
                                                 drop_last=True, num_workers=opt.sys_num_workers,
-                                                pin_memory=on_gpu, sampler=sampler, low_priority_workers=not on_gpu))
+                                                on_gpu=on_gpu, sampler=sampler))
     return loaders.CyclingLoaders(data_loaders, opt.train_batches_per_epoch)
 
 

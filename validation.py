@@ -17,11 +17,10 @@ from models.adaptation import build_online_method
 
 def validation_loaders_from(opt, device: torch.device) -> list:
     """The --segmentation-validation-* loaders of a job's options, for a network on `device`."""
-    on_gpu = device.type == 'cuda'
     return loaders.validation_loaders(
         opt.segmentation_validation_loaders.split(','), opt.segmentation_validation_batch_size,
         (opt.segmentation_validation_resize_height, opt.segmentation_validation_resize_width),
-        opt.sys_num_workers, pin_memory=on_gpu, low_priority_workers=not on_gpu)
+        opt.sys_num_workers, on_gpu=device.type == 'cuda')
 
 
 def upsample_labels(prediction: torch.Tensor, size) -> torch.Tensor:

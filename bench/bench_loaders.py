@@ -67,7 +67,7 @@ def decode_milliseconds(path: str, repeats: int = 5) -> dict:
 def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples)
     loader = make_loader(dataset, batch_size, shuffle=False, drop_last=True, num_workers=num_workers,
-                         pin_memory=False, sampler=sampler)
+                         on_gpu=False, sampler=sampler)
     iterator = iter(loader)
     next(iterator)  # worker start-up and first batch are not counted
     start = time.perf_counter()

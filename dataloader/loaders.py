@@ -141,14 +141,14 @@ def _lower_priority(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
-                pin_memory: bool, sampler=None, samples_needed: int | None = None,
-                low_priority_workers: bool = False) -> DataLoader:
-    """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling; pin_memory as asked.
+                on_gpu: bool, sampler=None, samples_needed: int | None = None) -> DataLoader:
+    """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling.
+    on_gpu: the batches feed a network on a GPU, so they are pinned. Otherwise the network's threads share the
+    CPU with the workers, which then run at low priority: they decode in the network's gaps, while at equal
+    priority a worker that takes a core stalls every thread of a layer at its barrier (2 cores: adaptation 1.12x
+    faster).
     samples_needed (shuffled): each pass yields the first samples_needed of its shuffled order, the samples a
     whole pass begins with, so that no worker decodes batches that the job will not use.
-    low_priority_workers (for a network on the CPU): the workers yield the cores to the network's threads and
-    decode in their gaps; at equal priority a worker that takes a core stalls every thread of a layer at its
-    barrier (2 cores: adaptation 1.12x faster).
 
     Workers persist across passes (no fork and warm-up per epoch or restart) and each keeps PREFETCH_BATCHES
     batches in flight. Its order and its workers' seeds, for every pass, come from its own generator, seeded here
@@ -158,12 +158,12 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
     if drop_last and num_samples < batch_size:
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
     workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES,
-               'worker_init_fn': _lower_priority if low_priority_workers else None}
+               'worker_init_fn': None if on_gpu else _lower_priority}
     generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS)))
     if samples_needed is not None and shuffle and sampler is None:
         sampler = RandomSampler(dataset, num_samples=min(samples_needed, len(dataset)), generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=on_gpu, drop_last=drop_last, collate_fn=collate,
                       generator=generator, **(workers if num_workers > 0 else {}))
 
 
@@ -231,21 +231,19 @@ def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resi
     datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets) for name in names]
     on_gpu = torch.device(device).type == 'cuda'
     cycling = CyclingLoaders([make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                                          pin_memory=on_gpu, samples_needed=num_batches * batch_size,
-                                          low_priority_workers=not on_gpu)
+                                          on_gpu=on_gpu, samples_needed=num_batches * batch_size)
                               for dataset in datasets], num_batches).start()
     return (to_network_input(torch.cat([batch['input'] for batch in batches]), device, memory_format)
             for batches in cycling)
 
 
 def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, int], num_workers: int,
-                       pin_memory: bool, low_priority_workers: bool = False) -> list[tuple[str, DataLoader]]:
+                       on_gpu: bool) -> list[tuple[str, DataLoader]]:
     """One loader per name, in order; with more than one name each uses its default size (spec §4)."""
     check_loader_names(names, 'validation')
     loaders = []
     for name in names:
         size = resize_hw if len(names) == 1 else VALIDATION_LOADERS[name]
         loaders.append((name, make_loader(validation_dataset(name, size), batch_size, shuffle=False,
-                                          drop_last=False, num_workers=num_workers, pin_memory=pin_memory,
-                                          low_priority_workers=low_priority_workers)))
+                                          drop_last=False, num_workers=num_workers, on_gpu=on_gpu)))
     return loaders

@@ -31,7 +31,7 @@ def test_check_loader_names():
 def test_training_loaders(named_datasets, name, domain):
     dataset = training_dataset(name, (64, 128), (32, 80))
     assert len(dataset) == 4
-    batch = next(iter(make_loader(dataset, 2, shuffle=True, drop_last=True, num_workers=0, pin_memory=False)))
+    batch = next(iter(make_loader(dataset, 2, shuffle=True, drop_last=True, num_workers=0, on_gpu=False)))
     assert batch['input'].shape == batch['image'].shape == (2, 3, 32, 80)
     assert batch['label'].shape == (2, 32, 80) and batch['label'].dtype == torch.uint8
     assert batch['domain'] == [domain, domain] and batch['purposes'] == [('segmentation',)] * 2
@@ -77,7 +77,7 @@ def test_validation_labels_fromid_at_native_size(ubna_env):
 
 
 def test_validation_loaders_sizes(named_datasets):
-    [(name, loader)] = validation_loaders(['kitti_2015_train'], 1, (32, 64), num_workers=0, pin_memory=False)
+    [(name, loader)] = validation_loaders(['kitti_2015_train'], 1, (32, 64), num_workers=0, on_gpu=False)
     batch = next(iter(loader))
     assert name == 'kitti_2015_train' and batch['input'].shape == (1, 3, 32, 64)
     assert batch['label'].shape == (1, 48, 160) and len(loader) == 4
@@ -101,7 +101,7 @@ def test_collate_lists_and_size_errors():
 def test_make_loader_rejects_batch_larger_than_dataset(named_datasets):
     dataset = training_dataset('synthia_train', (64, 128), (32, 80))
     with pytest.raises(UserError, match='4 samples, fewer than its batch size 6'):
-        make_loader(dataset, 6, shuffle=True, drop_last=True, num_workers=0, pin_memory=False)
+        make_loader(dataset, 6, shuffle=True, drop_last=True, num_workers=0, on_gpu=False)
 
 
 class CountingSampler(torch.utils.data.Sampler):
@@ -154,7 +154,7 @@ def test_bad_image_in_worker_gives_one_sentence(named_datasets):
     broken = dataset.files['color'][2]
     with open(broken, 'wb') as file:
         file.write(b'\x89PNG truncated')
-    loader = make_loader(dataset, 2, shuffle=False, drop_last=True, num_workers=2, pin_memory=False)
+    loader = make_loader(dataset, 2, shuffle=False, drop_last=True, num_workers=2, on_gpu=False)
     with pytest.raises(UserError) as error:
         list(loader)
     traceback.clear_frames(error.tb)  # frees the iterator now; a cyclic-GC shutdown of its workers stalls 10 s

@@ -141,7 +141,7 @@ def test_copy_holds_the_loaders_first_resize(roots):
 def test_loader_reads_the_copy(monkeypatch, roots):
     monkeypatch.setenv('UBNA_DIR_DATASET', roots[1])
     loader = make_loader(training_dataset('gta5_train', RESIZE_HW, CROP_HW), 2, shuffle=True, drop_last=True,
-                         num_workers=0, pin_memory=False)
+                         num_workers=0, on_gpu=False)
     batch = next(iter(loader))
     assert batch['input'].shape == (2, 3, *CROP_HW) and batch['label'].shape == (2, *CROP_HW)
 
