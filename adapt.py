@@ -49,8 +49,7 @@ def main(argv=None):
     weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
-                         device=runtime.device)
-    runtime.prepare(state.model)  # before loading: the checkpoint is copied straight into the final layout
+                         device=runtime.device, memory_format=runtime.memory_format)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
     print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches '

@@ -44,9 +44,10 @@ def main(argv=None) -> dict:
     save_options(opt, folder)
     validation = [(name, StartedLoader(loader))  # data first: its errors come first, and its workers start now
                   for name, loader in validation_loaders_from(opt, runtime.device)]
-    state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
-    model = runtime.prepare(state.model)  # before loading: the checkpoint is copied straight into the final layout
+    state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device,
+                         memory_format=runtime.memory_format)
     state.load(opt.model_load, weights_only=True)
+    model = state.model
     remaps = opt.segmentation_eval_remaps.split(',')
     online = None if opt.online_method == 'none' else AgainstNone(opt.online_method, model, opt.online_reset,
                                                                   **online_settings_given(opt))

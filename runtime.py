@@ -42,10 +42,6 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model in this run's memory format."""
-        return model.to(memory_format=self.memory_format)
-
     def synchronize(self) -> None:
         """Wait for the device's queued work (for honest timings)."""
         if self.device.type == 'cuda':

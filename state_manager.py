@@ -209,9 +209,9 @@ class StateManager:
 
     def __init__(self, model_type: str, num_layers: int, weights_init: str, learning_rate: float = 1e-4,
                  weight_decay: float = 0.0, scheduler_step_size: int = 15, scheduler_gamma: float | None = None,
-                 device: str | torch.device = 'cpu'):
+                 device: str | torch.device = 'cpu', memory_format: torch.memory_format = torch.contiguous_format):
         self.device = torch.device(device)
-        self.model = build_model(model_type, num_layers, weights_init, self.device)
+        self.model = build_model(model_type, num_layers, weights_init, self.device, memory_format)
         self.learning_rate, self.weight_decay = learning_rate, weight_decay
         self.scheduler_step_size = scheduler_step_size
         self.scheduler_gamma = learning_rate if scheduler_gamma is None else scheduler_gamma  # spec §6 quirk

@@ -123,10 +123,10 @@ def main(argv=None) -> StateManager:
     weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
-                         device=runtime.device)
+                         device=runtime.device, memory_format=runtime.memory_format)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
-    model = distributed_model(runtime.prepare(state.model), runtime, opt.sys_sync_batchnorm)
+    model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=opt.sys_precision == 'fp16')  # fp16 gradients underflow
     remaps = opt.segmentation_eval_remaps.split(',')
     loss_fn = segmentation_loss().to(runtime.device)

@@ -101,7 +101,7 @@ def _measure(case, model_name, size, batch, device_name, precision, repeats, que
     device = torch.device(device_name)
     runtime = Runtime(device, precision=precision,
                       memory_format=choose_memory_format('auto', case == 'training', precision, device))
-    model = runtime.prepare(build_model(*MODELS[model_name], 'scratch', runtime.device))
+    model = build_model(*MODELS[model_name], 'scratch', runtime.device, runtime.memory_format)
     step, count = _case(case, runtime, model, size, batch)
     seconds = _timed(step, runtime, repeats)
     queue.put((count / seconds, _peak_memory_mb(runtime.device)))

@@ -63,9 +63,10 @@ class Sweep:
     def _source_model(self):
         """The loaded model, built afresh as the jobs build it (so no setting of an earlier run, e.g. a BatchNorm
         momentum, carries over)."""
-        model = build_model(self.opt.model_type, encoder_depth(self.opt), 'checkpoint', self.runtime.device)
+        model = build_model(self.opt.model_type, encoder_depth(self.opt), 'checkpoint', self.runtime.device,
+                            self.runtime.memory_format)
         model.load_state_dict(self.source)
-        return self.runtime.prepare(model)
+        return model
 
     def run_chain(self, chain: list[Run]) -> None:
         """From the source model: evaluate (as it is, or adapting online as evaluate.py does), or adapt to the
