@@ -221,6 +221,12 @@ class StateManager:
         self.step = 0
         self.epoch = 0
 
+    def build_optimizer(self) -> None:
+        """Build Adam and StepLR now, before a timed loop (the first optimiser imports torch._dynamo, seconds);
+        else they are built at first use."""
+        if self._optimizer is None:
+            self._build_optimizer()
+
     @property
     def optimizer(self) -> torch.optim.Adam:
         if self._optimizer is None:

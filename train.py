@@ -69,8 +69,8 @@ def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, l
                     desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', total=len(batches),
                     disable=not runtime.is_main)
     for loader_batches in progress:
-        images = to_network_input(torch.cat([b['input'] for b in loader_batches]), device, runtime.memory_format)
-        labels = torch.cat([b['label'] for b in loader_batches]).to(device, non_blocking=True).long()
+        images = to_network_input(loaders.joined(loader_batches, 'input'), device, runtime.memory_format)
+        labels = loaders.joined(loader_batches, 'label').to(device, non_blocking=True).long()
         with runtime.autocast():
             logits = model(images)
             loss = loss_fn(logits, labels)
@@ -126,6 +126,7 @@ def main(argv=None) -> StateManager:
                          device=runtime.device, memory_format=runtime.memory_format)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
+    state.build_optimizer()  # while the workers decode the first batches, not inside the first step
     model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=opt.sys_precision == 'fp16')  # fp16 gradients underflow
     remaps = opt.segmentation_eval_remaps.split(',')

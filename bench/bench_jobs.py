@@ -9,7 +9,9 @@ measurement of the same step on random tensors). Defaults follow the device: VGG
 ResNet-18 at small sizes on a CPU.
 With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
 flags, and the speed and memory ratios are printed.
-Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--keep DIR] [--reference DIR]
+With --train-from-copy, train.py reads the copy data_download/resize_dataset.py writes at the training resize size.
+Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--train-from-copy] [--keep DIR]
+     [--reference DIR]
 """
 import argparse
 import os
@@ -82,47 +84,69 @@ def write_datasets(root: str, args) -> None:
                   args.train_steps * args.train_batch, split='full_split', labels='gta5', labels_mode='fromrgb')
 
 
-class GpuMemoryPoller(threading.Thread):
-    """The largest GPU memory nvidia-smi reports for one process (CUDA context included), polled every 0.1 s."""
+def write_resized_copy(datasets: str, output: str, workers: int) -> str:
+    """The one-time copy of gta5_train (and cityscapes_validation, unchanged) at the training resize size."""
+    started = time.perf_counter()
+    for loader in ('gta5_train', 'cityscapes_validation'):
+        written = subprocess.run([sys.executable, 'data_download/resize_dataset.py', loader, '--output', output,
+                                  '--workers', str(max(1, workers))], cwd=REPO, capture_output=True, text=True,
+                                 env={**os.environ, 'UBNA_DIR_DATASET': datasets})
+        if written.returncode != 0:
+            raise SystemExit(f'data_download/resize_dataset.py {loader} failed:\n{written.stderr}')
+    print(f'resized copy written in {time.perf_counter() - started:.0f} s', flush=True)
+    return output
 
-    def __init__(self, pid: int):
+
+class GpuMemoryPoller(threading.Thread):
+    """The job's peak GPU memory, CUDA context included: the GPU's used memory as nvidia-smi reports it, polled
+    every 0.1 s, less what was used before the job started (the jobs run one at a time)."""
+
+    QUERY = ['nvidia-smi', '--query-gpu=memory.used', '--format=csv,noheader,nounits', '--id=0']
+
+    def __init__(self):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stopped = pid, None, threading.Event()
+        self.baseline, self.peak, self.stopped = self.used(), None, threading.Event()
+
+    def used(self) -> float | None:
+        try:
+            text = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return float(text) if text.isdigit() else None
 
     def run(self) -> None:
-        query = ['nvidia-smi', '--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits']
-        while not self.stopped.wait(0.1):
-            try:
-                lines = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.splitlines()
-            except (OSError, subprocess.TimeoutExpired):
-                return
-            for line in lines:
-                pid, used = (field.strip() for field in line.split(','))
-                if pid == str(self.pid) and used.isdigit():
-                    self.peak = max(self.peak or 0, float(used))
+        while self.baseline is not None and not self.stopped.wait(0.1):
+            used = self.used()
+            if used is not None:
+                self.peak = max(self.peak or 0.0, used - self.baseline)
 
 
 def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, cwd: str = REPO,
             device: str = 'cpu') -> dict:
     """Wall seconds, the job's own timing line (ours only), its peak resident memory (largest process) and, on
-    a GPU, its peak GPU memory as nvidia-smi sees it."""
+    a GPU, its peak GPU memory as nvidia-smi sees it; all None, with its output printed, when the job fails."""
     env = {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root}
+    poller = GpuMemoryPoller() if device == 'cuda' and shutil.which('nvidia-smi') else None
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, script, *map(str, flags)], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    poller = GpuMemoryPoller(process.pid)
-    if device == 'cuda' and shutil.which('nvidia-smi'):
+    if poller:
         poller.start()
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    poller.stopped.set()
-    if status != 0:
-        raise SystemExit(f'{os.path.join(cwd, script)} failed:\n{output}')
-    result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024, 'gpu': poller.peak}
+    if poller:
+        poller.stopped.set()
+        poller.join()
+    if status != 0:  # reported, and the other jobs still run: one broken path should not hide the other figures
+        print(f'{os.path.join(cwd, script)} failed:\n{output}', file=sys.stderr, flush=True)
+        return {'wall': None, 'first': None, 'rate': None, 'rss': None, 'gpu': None}
+    result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024,
+              'gpu': poller.peak if poller else None}
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
+    print(f'{os.path.relpath(os.path.join(cwd, script), REPO)}: {wall:.1f} s', flush=True)  # progress
     return result
 
 
@@ -149,6 +173,9 @@ def main() -> None:
     parser.add_argument('--train-steps', type=int, help='training steps (gta5_train, crops 192x640)')
     parser.add_argument('--train-batch', type=int)
     parser.add_argument('--workers', type=int, help='--sys-num-workers of the jobs')
+    parser.add_argument('--train-from-copy', action='store_true',
+                        help='train.py reads a copy resized by data_download/resize_dataset.py (time to write it '
+                             'printed) instead of the native-size PNGs')
     parser.add_argument('--repeats', type=int, default=3, help='repeats of the network-alone measurements')
     parser.add_argument('--keep', help='write the data and checkpoints here instead of a temporary folder')
     parser.add_argument('--reference', metavar='DIR',
@@ -171,11 +198,14 @@ def main() -> None:
         started = time.perf_counter()
         write_datasets(datasets, args)
         print(f'data written in {time.perf_counter() - started:.0f} s', flush=True)
+        train_root = datasets
+        if args.train_from_copy:
+            train_root = write_resized_copy(datasets, os.path.join(root, 'resized'), args.workers)
         train = run_job('train.py', common + [
             '--model-name', 'source', '--train-weights-init', 'scratch', '--segmentation-training-loaders',
             'gta5_train', '--segmentation-training-batch-size', args.train_batch, '--train-batches-per-epoch',
             args.train_steps, '--train-num-epochs', 1, '--train-tb-frequency', 10 ** 6,
-            '--train-print-frequency', 10 ** 6], datasets, checkpoints)
+            '--train-print-frequency', 10 ** 6], train_root, checkpoints)
         source = 'bench/source/checkpoints/epoch_1'
         adapt_flags = common + [
             '--model-name', 'adapted', '--model-load', source, '--adaptation-training-loaders', 'kitti_kitti_train',
@@ -202,7 +232,8 @@ def main() -> None:
     jobs = [('adapt', adapt, f'adapt.py {args.adapt_batches}x{args.adapt_batch} at {adapt_h}x{adapt_w} '
                              f'from {args.adapt_native}'),
             ('evaluate', evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
-            ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from 1052x1914')]
+            ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from '
+                             f'{"the 512x1024 copy" if args.train_from_copy else "1052x1914"}')]
     if args.reference:
         jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
                  ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]
@@ -216,6 +247,8 @@ def main() -> None:
     if args.reference:
         for key, ours in (('adapt', adapt), ('evaluate', evaluate)):
             theirs = reference[key]
+            if ours['wall'] is None or theirs['wall'] is None:
+                continue
             gpu = (f', peak GPU memory {ours["gpu"] / theirs["gpu"]:.2f} of the reference\'s'
                    if ours['gpu'] and theirs['gpu'] else '')
             print(f'{key}: {theirs["wall"] / ours["wall"]:.2f}x the reference\'s speed end to end, peak RSS '

@@ -168,7 +168,7 @@ def write_copy(loader: str, resize_hw: tuple[int, int] | None, plan: CopyPlan, s
     for path in plan.json_files:
         with open(os.path.join(source_root, path), 'rb') as file:
             write_atomically(os.path.join(output_root, path), file.read())
-    with Pool(workers) as pool:
+    with Pool(workers, initializer=cv2.setNumThreads, initargs=(0,)) as pool:  # sequential OpenCV (see loaders)
         writes = pool.imap_unordered(partial(write_file, source_root, output_root), plan.tasks, chunksize=4)
         for _ in tqdm(writes, total=len(plan.tasks), desc=loader, unit='file'):
             pass

@@ -2,15 +2,20 @@
 mixed precision through the real command lines, and the timing line of each job."""
 import os
 import re
+import signal
+import subprocess
+import sys
 
+import cv2
 import pytest
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
 from models.ubna import build_model
+from runtime import setup_runtime
 from state_manager import StateManager
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
 
 TIMING_LINE = r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s\)'
@@ -34,23 +39,64 @@ def test_workers_persist_across_passes_and_cycling_restarts():
     assert len(set.union(*pids)) == 2, 'new worker processes were started'
 
 
-class WorkerNiceness(Dataset):
-    """Every sample is the niceness of the process that reads it."""
+class WorkerSetup(Dataset):
+    """Every sample is the niceness, the OpenCV thread count and the tensor sharing strategy of its process."""
 
     def __len__(self) -> int:
         return 4
 
     def __getitem__(self, index: int) -> dict:
-        return {'nice': torch.tensor(os.nice(0))}
+        return {'nice': torch.tensor(os.nice(0)), 'cv2_threads': torch.tensor(cv2.getNumThreads()),
+                'strategy': torch.multiprocessing.get_sharing_strategy()}
 
 
 @pytest.mark.filterwarnings('ignore:.*pin_memory')  # the GPU case on a machine without one: nothing to pin
-def test_workers_for_a_network_on_the_cpu_yield_the_cores_to_it():
+def test_workers_run_opencv_sequentially_share_by_name_and_yield_the_cores_to_a_network_on_the_cpu():
     base = os.nice(0)
     for on_gpu, expected in ((False, min(19, base + 19)), (True, base)):
-        loader = make_loader(WorkerNiceness(), 2, False, False, 2, on_gpu)
-        assert {value for batch in loader for value in batch['nice'].tolist()} == {expected}
+        batches = list(make_loader(WorkerSetup(), 2, False, False, 2, on_gpu))
+        assert {value for batch in batches for value in batch['nice'].tolist()} == {expected}
+        assert {value for batch in batches for value in batch['cv2_threads'].tolist()} == {1}
+        assert {value for batch in batches for value in batch['strategy']} == {'file_system'}
     assert os.nice(0) == base  # the job's own process keeps its priority
+    assert torch.multiprocessing.get_sharing_strategy() == 'file_descriptor'  # the main process is left alone
+
+
+WORKERS_AFTER_OPENCV_THREADS = """
+import cv2, numpy as np
+from tests.test_speed_paths import WorkerSetup
+from dataloader.loaders import make_loader
+cv2.setNumThreads(2)
+cv2.cvtColor(np.zeros((1000, 1000, 3), np.uint8), cv2.COLOR_BGR2RGB)  # OpenCV's threads start in this process
+print(sum(len(batch['nice']) for batch in make_loader(WorkerSetup(), 2, False, False, 2, False)))
+"""
+
+
+def test_workers_forked_after_opencv_started_its_threads_do_not_hang():
+    process = subprocess.Popen([sys.executable, '-c', WORKERS_AFTER_OPENCV_THREADS], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the hung workers too
+        process.communicate()
+        pytest.fail('the loader hung: a worker deadlocked in OpenCV')
+    assert process.returncode == 0 and out.split() == ['4'], err
+
+
+def test_a_network_on_the_gpu_leaves_the_cpu_to_the_workers(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    try:
+        runtime = setup_runtime(use_cpu=False, seed=None)  # no CUDA call: the context is made at first use
+        assert runtime.device == torch.device('cuda', 0) and torch.get_num_threads() == 1
+        torch.set_num_threads(threads)
+        monkeypatch.setenv('OMP_NUM_THREADS', str(threads))  # the user's choice stands
+        setup_runtime(use_cpu=False, seed=None)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Indices(Dataset):
