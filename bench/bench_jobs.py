@@ -146,7 +146,7 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
-    print(f'{os.path.relpath(os.path.join(cwd, script), REPO)}: {wall:.1f} s', flush=True)  # progress
+    print(f'{script if cwd == REPO else os.path.join(cwd, script)}: {wall:.1f} s', flush=True)  # progress
     return result
 
 
