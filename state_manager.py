@@ -221,26 +221,22 @@ class StateManager:
         self.step = 0
         self.epoch = 0
 
-    def build_optimizer(self) -> None:
-        """Build Adam and StepLR now, before a timed loop (the first optimiser imports torch._dynamo, seconds);
-        else they are built at first use."""
-        if self._optimizer is None:
-            self._build_optimizer()
-
     @property
     def optimizer(self) -> torch.optim.Adam:
-        if self._optimizer is None:
-            self._build_optimizer()
+        self.build_optimizer()
         return self._optimizer
 
     @property
     def scheduler(self) -> torch.optim.lr_scheduler.StepLR:
-        if self._scheduler is None:
-            self._build_optimizer()
+        self.build_optimizer()
         return self._scheduler
 
-    def _build_optimizer(self) -> None:
-        """Adam and StepLR, then the carried states (in the reference's order: optimiser, then scheduler)."""
+    def build_optimizer(self) -> None:
+        """Adam and StepLR, then the carried states (in the reference's order: optimiser, then scheduler), unless
+        built already. Called before a timed loop, since the first optimiser imports torch._dynamo (seconds);
+        otherwise at first use."""
+        if self._optimizer is not None:
+            return
         self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate,
                                            weight_decay=self.weight_decay)
         self._scheduler = torch.optim.lr_scheduler.StepLR(self._optimizer, self.scheduler_step_size,

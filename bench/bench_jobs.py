@@ -126,6 +126,7 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
     """Wall seconds, the job's own timing line (ours only), its peak resident memory (largest process) and, on
     a GPU, its peak GPU memory as nvidia-smi sees it; all None, with its output printed, when the job fails."""
     env = {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root}
+    name = script if cwd == REPO else os.path.join(cwd, script)
     poller = GpuMemoryPoller() if device == 'cuda' and shutil.which('nvidia-smi') else None
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, script, *map(str, flags)], cwd=cwd, env=env,
@@ -139,14 +140,14 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
         poller.stopped.set()
         poller.join()
     if status != 0:  # reported, and the other jobs still run: one broken path should not hide the other figures
-        print(f'{os.path.join(cwd, script)} failed:\n{output}', file=sys.stderr, flush=True)
+        print(f'{name} failed:\n{output}', file=sys.stderr, flush=True)
         return {'wall': None, 'first': None, 'rate': None, 'rss': None, 'gpu': None}
     result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024,
               'gpu': poller.peak if poller else None}
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
-    print(f'{script if cwd == REPO else os.path.join(cwd, script)}: {wall:.1f} s', flush=True)  # progress
+    print(f'{name}: {wall:.1f} s', flush=True)  # progress
     return result
 
 
