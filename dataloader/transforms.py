@@ -142,7 +142,7 @@ class SegmentationTrainTransform:
         cols = nearest_indices(native_w, rw)[nearest_indices(rw, sw)[left:left + cw]]
         if draw.flip:
             crop, cols = _flip(crop), cols[::-1]
-        label = self.convert_label(raw['segmentation'][rows[:, None], cols])
+        label = self.convert_label(raw['segmentation'].take(rows, axis=0).take(cols, axis=1))  # 5x the 2-D index
         return {**network_tensors(crop, draw.jitter), 'label': torch.from_numpy(label)}
 
 

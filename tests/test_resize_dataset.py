@@ -4,16 +4,19 @@ import json
 import os
 import random
 import shutil
+import zlib
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from data_download.resize_dataset import FileTask, encoded
 from data_download.resize_dataset import main as resize_main
 from dataloader.dataset import read_image
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset
 from dataloader.resized_copy import MANIFEST
+from dataloader.transforms import nearest_indices
 from errors import UserError, run_cli
 from tests.conftest import run_script
 from tests.dataset_fixtures import id_label, noise_image, palette_label, write_dataset
@@ -136,6 +139,37 @@ def test_copy_holds_the_loaders_first_resize(roots):
         entries = json.load(file)['loaders']
     assert sorted(entries) == ['cityscapes_train', 'cityscapes_validation']
     assert all(entry['complete'] and entry['num_files'] == 11 for entry in entries.values())
+
+
+def deflate_block_and_row_filters(png: bytes, row_bytes: int) -> tuple[int, set[int]]:
+    """The type of the first deflate block of a PNG's image data (0: stored) and the row filters it uses."""
+    data, position = b'', 8
+    while position < len(png):
+        length, kind = int.from_bytes(png[position:position + 4], 'big'), png[position + 4:position + 8]
+        if kind == b'IDAT':
+            data += png[position + 8:position + 8 + length]
+        position += 12 + length
+    rows = zlib.decompress(data)
+    return (data[2] >> 1) & 3, set(rows[::row_bytes + 1])
+
+
+def test_copy_stores_colour_images_unless_compressed(tmp_path):
+    y, x = np.mgrid[0:40, 0:96]
+    smooth = np.stack([x * 2, y * 5, x + y], -1).astype(np.uint8)
+    source = str(tmp_path / 'source.png')
+    cv2.imwrite(source, smooth)
+    stored = encoded(FileTask('a.png', 'color', (20, 48)), source, compress=False)
+    compressed = encoded(FileTask('a.png', 'color', (20, 48)), source, compress=True)
+    decode = lambda png: cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)  # noqa: E731
+    np.testing.assert_array_equal(decode(stored), decode(compressed))
+    assert decode(stored).shape == (20, 48, 3)
+    block_type, filters = deflate_block_and_row_filters(stored, 48 * 3)
+    assert block_type == 0 and len(compressed) < len(stored) / 2
+    if hasattr(cv2, 'IMWRITE_PNG_FILTER'):
+        assert filters == {0}  # no row filter to undo
+    label = encoded(FileTask('b.png', 'label', (20, 48)), source, compress=False)
+    np.testing.assert_array_equal(decode(label), smooth[nearest_indices(40, 20)][:, nearest_indices(96, 48)])
+    assert deflate_block_and_row_filters(label, 48 * 3)[0] != 0
 
 
 def test_loader_reads_the_copy(monkeypatch, roots):
