@@ -1,11 +1,13 @@
 """Samples per second of a training, an adaptation and a validation loader, 0 and 2 workers.
 
 Writes photo-like synthetic PNGs at native size (GTA-5 1052x1914 with palette labels; Cityscapes 1024x2048)
-to a temporary folder and times the named loaders on them (steady state: the first batch is not counted).
+to a temporary folder and times the named loaders on them (steady state: the first batch is not counted), then
+the training and adaptation loaders on the copy data_download/resize_dataset.py writes at their resize size.
 Run: python bench/bench_loaders.py [--samples 48]
 """
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -13,7 +15,8 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPOSITORY)
 
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_dataset  # noqa: E402
@@ -64,6 +67,15 @@ def decode_milliseconds(path: str, repeats: int = 5) -> dict:
     return times
 
 
+def write_resized_copies(datasets: str, output: str) -> None:
+    """gta5_train and cityscapes_sequence_train resized to 512x1024 by the real tool."""
+    for loader in ('gta5_train', 'cityscapes_sequence_train'):
+        tool = os.path.join(REPOSITORY, 'data_download', 'resize_dataset.py')
+        subprocess.run([sys.executable, tool, loader, '--resize-height', '512', '--resize-width', '1024',
+                        '--output', output], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, 'UBNA_DIR_DATASET': datasets})
+
+
 def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=num_samples)
     loader = make_loader(dataset, batch_size, shuffle=False, drop_last=True, num_workers=num_workers,
@@ -90,6 +102,15 @@ def main() -> None:
              adaptation_dataset('cityscapes_sequence_train', (512, 1024), (192, 640)), 6),
             ('cityscapes_validation 1024x2048 -> 512x1024',
              validation_dataset('cityscapes_validation', (512, 1024)), 1),
+        ]
+        copy = os.path.join(root, 'resized')
+        write_resized_copies(root, copy)
+        os.environ['UBNA_DIR_DATASET'] = copy
+        cases += [
+            ('gta5_train from the 512x1024 copy',
+             training_dataset('gta5_train', (512, 1024), (192, 640)), 6),
+            ('cityscapes_sequence_train from the 512x1024 copy',
+             adaptation_dataset('cityscapes_sequence_train', (512, 1024), (192, 640)), 6),
         ]
         print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9}')
         for name, dataset, batch_size in cases:

@@ -14,6 +14,7 @@ of one size. <dataset folder>/resized_copy.json records each loader written, so 
 is partial, stale or made for another loader or size (dataloader/resized_copy.py).
 """
 import argparse
+import io
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataloader.dataset import read_image, split_path  # noqa: E402
+from dataloader.labels import PaletteLabel  # noqa: E402
 from dataloader.loaders import (_SOURCES, ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS,  # noqa: E402
                                 adaptation_dataset, training_dataset, validation_dataset)
 from dataloader.paths import dataset_root  # noqa: E402
@@ -127,6 +129,15 @@ def png_parameters(mode: str, compress: bool) -> list[int]:
     return parameters
 
 
+def palette_png(label: PaletteLabel) -> bytes:
+    """A palette label written as one (level 1): read back as indices, it stays quick to crop and convert."""
+    image = Image.fromarray(label.indices, 'P')
+    image.putpalette(label.colors[:, ::-1].tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, 'PNG', compress_level=1)
+    return buffer.getvalue()
+
+
 def encoded(task: FileTask, source: str, compress: bool) -> bytes:
     """The bytes to write for one task: a resized colour image or label as PNG, or the file unchanged."""
     if task.mode == 'copy':
@@ -137,7 +148,11 @@ def encoded(task: FileTask, source: str, compress: bool) -> bytes:
         image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     else:
         label = read_image(source, LABEL_CATEGORY)
-        image = label[nearest_indices(label.shape[0], task.hw[0])[:, None], nearest_indices(label.shape[1], task.hw[1])]
+        label = label.take(nearest_indices(label.shape[0], task.hw[0]), axis=0).take(
+            nearest_indices(label.shape[1], task.hw[1]), axis=1)
+        if isinstance(label, PaletteLabel):
+            return palette_png(label)
+        image = label
     ok, png = cv2.imencode('.png', image, png_parameters(task.mode, compress))
     if not ok:
         raise UserError(f'the resized image of {source} cannot be encoded as PNG')

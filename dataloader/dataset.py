@@ -6,8 +6,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
+from dataloader.labels import PaletteLabel
 from dataloader.paths import dataset_root
 from errors import UserError
 
@@ -111,11 +113,35 @@ def check_files_exist(files: dict[str, list[str]]) -> None:
         raise UserError(f'the image file {missing[0]} does not exist{more}')
 
 
-def read_image(path: str, category: str, sample: int | None = None) -> np.ndarray:
-    """An image as stored (cv2 unchanged); colour categories become 8-bit RGB (16-bit divided by 256).
+def read_palette_label(path: str) -> PaletteLabel | None:
+    """A palette PNG as its indices and colours, or None for any other file (and for palettes with transparency or
+    with indices beyond their end, which OpenCV reads its own way). PIL decodes the indices: 1052x1914 in 3 ms,
+    where OpenCV takes 15 ms to expand them to colours."""
+    try:
+        with Image.open(path) as image:
+            if image.format != 'PNG' or image.mode != 'P' or 'transparency' in image.info:
+                return None
+            indices, palette = np.asarray(image), image.getpalette()
+    except (OSError, ValueError, SyntaxError):  # PIL's ways to fail on a file: OpenCV reads it or names it
+        return None
+    rgb = np.asarray(palette, np.uint8).reshape(-1, 3)
+    if indices.max(initial=0) >= len(rgb):
+        return None
+    colors = np.zeros((256, 3), np.uint8)
+    colors[:len(rgb)] = rgb[:, ::-1]
+    return PaletteLabel(indices, colors)
+
+
+def read_image(path: str, category: str, sample: int | None = None) -> np.ndarray | PaletteLabel:
+    """An image as stored (cv2 unchanged), a label with a palette as a PaletteLabel; colour categories become 8-bit
+    RGB (16-bit divided by 256).
 
     `sample`, the dataset index being read, is named in the error of a missing, corrupt or unreadable file."""
     named = path if sample is None else f'{path} (sample {sample})'
+    if not _is_color(category):
+        palette_label = read_palette_label(path)
+        if palette_label is not None:
+            return palette_label
     try:
         image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -171,7 +197,7 @@ class ImageDataset(Dataset):
         return sample
 
 
-def _size_mismatch(raw: dict[str, np.ndarray], paths: dict[str, str]) -> str | None:
+def _size_mismatch(raw: dict[str, np.ndarray | PaletteLabel], paths: dict[str, str]) -> str | None:
     """The sentence describing images of one sample with different sizes, or None."""
     sizes = {category: image.shape[:2] for category, image in raw.items()}
     first, *others = sizes

@@ -1,5 +1,6 @@
 """Label tables (spec §3) and lookup-table conversion of label images to train ids (255 = ignore)."""
 from collections import namedtuple
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -127,31 +128,57 @@ def _train_id_table() -> np.ndarray:
     return lut
 
 
+@dataclass(frozen=True)
+class PaletteLabel:
+    """A palette label image as stored (GTA-5's labels): 8-bit indices (H×W) and the BGR colour of each index
+    (256×3), which is what OpenCV would expand every pixel to. Cropped and converted as indices: one byte per
+    pixel, and a conversion of 256 colours."""
+    indices: np.ndarray
+    colors: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.indices.shape, 3)
+
+    def take(self, positions: np.ndarray, axis: int) -> 'PaletteLabel':
+        """The rows (axis 0) or columns (axis 1) at `positions`, as numpy's take."""
+        return PaletteLabel(self.indices.take(positions, axis=axis), self.colors)
+
+    def expanded(self) -> np.ndarray:
+        """The H×W×3 BGR image OpenCV reads from the file."""
+        return np.take(self.colors, self.indices, axis=0)
+
+
 class LabelConverter:
-    """Maps a label image as read by OpenCV (unchanged, BGR channel order) to uint8 train ids."""
+    """Maps a label image as read by OpenCV (unchanged, BGR channel order), or a PaletteLabel, to uint8 train ids."""
 
     def __init__(self, labels_mode: str, lut: np.ndarray):
         self.labels_mode = labels_mode
         self.lut = lut
 
-    def __call__(self, label: np.ndarray) -> np.ndarray:
+    def __call__(self, label: np.ndarray | PaletteLabel) -> np.ndarray:
+        if isinstance(label, PaletteLabel):  # a per-pixel map: convert the palette, then look up every index
+            return np.take(self._convert(label.colors[np.newaxis], label.shape)[0], label.indices)
+        return self._convert(label, label.shape)
+
+    def _convert(self, label: np.ndarray, shape: tuple) -> np.ndarray:
         if self.labels_mode == 'fromrgb':
-            bgr = self._channels(label, 'an 8-bit colour label image')
+            bgr = self._channels(label, shape, 'an 8-bit colour label image')
             return np.take(self.lut, _color_code(bgr[..., 2], bgr[..., 1], bgr[..., 0]))
         if self.labels_mode == 'fromid_third_channel':
-            ids = self._channels(label, 'a label image with at least three channels')[..., 2]
+            ids = self._channels(label, shape, 'a label image with at least three channels')[..., 2]
         elif label.ndim == 2:
             ids = label
         else:
             raise UserError(f"labels_mode '{self.labels_mode}' expects a single-channel label image, "
-                            f'got shape {label.shape}')
+                            f'got shape {shape}')
         if ids.dtype not in (np.uint8, np.uint16):
             raise UserError(f'label ids must be 8- or 16-bit integers, got {ids.dtype}')
         return np.take(self.lut, ids)
 
-    def _channels(self, label: np.ndarray, what: str) -> np.ndarray:
+    def _channels(self, label: np.ndarray, shape: tuple, what: str) -> np.ndarray:
         if label.ndim != 3 or label.shape[2] < 3 or (self.labels_mode == 'fromrgb' and label.dtype != np.uint8):
-            raise UserError(f"labels_mode '{self.labels_mode}' expects {what}, got shape {label.shape} "
+            raise UserError(f"labels_mode '{self.labels_mode}' expects {what}, got shape {shape} "
                             f'of {label.dtype}')
         return label
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dataloader.dataset import read_image
-from dataloader.labels import (CITYSCAPES_LABELS, CLASS_NAMES, TRAIN_ID_COLORS, colorize, label_converter)
+from dataloader.labels import (CITYSCAPES_LABELS, CLASS_NAMES, TRAIN_ID_COLORS, PaletteLabel, colorize,
+                               label_converter)
 from errors import UserError
 from tests.dataset_fixtures import PALETTE_COLORS, palette_label
 
@@ -85,9 +86,37 @@ def test_fromrgb_on_palette_png_read_unchanged(tmp_path):
     path = str(tmp_path / 'label.png')
     image.save(path)
     raw = read_image(path, 'segmentation')
-    assert raw.ndim == 3  # palette expanded by OpenCV, kept in BGR order
+    assert isinstance(raw, PaletteLabel) and raw.shape == (16, 24, 3)
+    opencv = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # the palette expanded, in BGR order
+    assert np.array_equal(raw.expanded(), opencv)
     expected = label_converter('gta5', 'fromrgb')(bgr(*PALETTE_COLORS))[0][np.asarray(image)]
     assert np.array_equal(label_converter('gta5', 'fromrgb')(raw), expected)
+    assert np.array_equal(label_converter('gta5', 'fromrgb')(opencv), expected)
+    rows, cols = np.array([3, 3, 0, 15]), np.array([23, 1, 2])
+    assert np.array_equal(raw.take(rows, axis=0).take(cols, axis=1).expanded(), opencv[rows][:, cols])
+    with pytest.raises(UserError, match=r"labels_mode 'fromid' expects a single-channel label image, got shape "
+                                        r'\(16, 24, 3\)'):
+        label_converter('cityscapes', 'fromid')(raw)
+
+
+def test_palette_with_transparency_is_read_by_opencv(tmp_path):
+    image = palette_label(np.random.default_rng(0), 8, 8)
+    path = str(tmp_path / 'label.png')
+    image.save(path, transparency=0)
+    raw = read_image(path, 'segmentation')
+    assert isinstance(raw, np.ndarray) and np.array_equal(raw, cv2.imread(path, cv2.IMREAD_UNCHANGED))
+    assert raw.shape == (8, 8, 4)
+
+
+def test_truncated_palette_label_is_one_sentence(tmp_path):
+    path = str(tmp_path / 'label.png')
+    palette_label(np.random.default_rng(0), 64, 64).save(path)
+    with open(path, 'rb') as file:
+        head = file.read()[:200]
+    with open(path, 'wb') as file:
+        file.write(head)
+    with pytest.raises(UserError, match=r'the image file .*label.png cannot be read \(missing, empty, truncated'):
+        read_image(path, 'segmentation')
 
 
 def test_fromid_third_channel_reads_red_channel_of_file(tmp_path):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data_download.resize_dataset import FileTask, encoded
 from data_download.resize_dataset import main as resize_main
@@ -128,6 +129,8 @@ def test_copy_holds_the_loaders_first_resize(roots):
 
     assert shape('gta5', 'color', 'train_00000.png') == (*RESIZE_HW, 3)
     assert shape('gta5', 'segmentation', 'train_00003.png') == (*RESIZE_HW, 3)  # palette labels read as colours
+    with Image.open(os.path.join(copy, 'gta5', 'segmentation', 'train_00003.png')) as label:
+        assert label.mode == 'P'  # and written with their palette
     assert shape('cityscapes_sequence', 'color', 'train_00001.png') == (71, 136, 3)  # 8-bit from 16-bit
     assert shape('cityscapes', 'segmentation', 'train_00000.png') == RESIZE_HW
     for category in ('color', 'segmentation'):  # validation loaders are copied unchanged
