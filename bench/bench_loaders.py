@@ -71,9 +71,11 @@ def write_resized_copies(datasets: str, output: str) -> None:
     """gta5_train and cityscapes_sequence_train resized to 512x1024 by the real tool."""
     for loader in ('gta5_train', 'cityscapes_sequence_train'):
         tool = os.path.join(REPOSITORY, 'data_download', 'resize_dataset.py')
-        subprocess.run([sys.executable, tool, loader, '--resize-height', '512', '--resize-width', '1024',
-                        '--output', output], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, 'UBNA_DIR_DATASET': datasets})
+        written = subprocess.run([sys.executable, tool, loader, '--resize-height', '512', '--resize-width', '1024',
+                                  '--output', output], capture_output=True, text=True,
+                                 env={**os.environ, 'UBNA_DIR_DATASET': datasets})
+        if written.returncode:
+            raise SystemExit(f'{tool} {loader} failed:\n{written.stderr}')
 
 
 def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
