@@ -65,7 +65,9 @@ def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, sho
         for batch in tqdm(batches, desc=f'evaluate {name}', total=len(loader), leave=False,
                           disable=not show_progress):
             domain = batch['domain'][0]
-            matrices = scores.setdefault(domain, {r: ConfusionMatrix(len(REMAPS[r]), device) for r in remaps})
+            if domain not in scores:
+                scores[domain] = {remap: ConfusionMatrix(len(REMAPS[remap]), device) for remap in remaps}
+            matrices = scores[domain]
             with runtime.autocast():
                 inputs = to_network_input(batch['input'], device, runtime.memory_format)
                 logits = model(inputs) if online is None else online(inputs)

@@ -8,6 +8,7 @@ is the flipped crop at the mirrored x), so only crop-sized pixels are flipped, j
 """
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import cv2
@@ -78,9 +79,17 @@ def _chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
+@lru_cache(maxsize=None)
+def _mean_and_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet statistics on `device`, copied there once: a copy of a CPU tensor per batch would make the CPU
+    wait for the GPU's queued work every batch."""
+    return IMAGENET_MEAN.to(device), IMAGENET_STD.to(device)
+
+
 def normalize(image: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of a (N×)3×H×W float tensor in [0, 1], on its device."""
-    return (image - IMAGENET_MEAN.to(image.device)) / IMAGENET_STD.to(image.device)
+    mean, std = _mean_and_std(image.device)
+    return (image - mean) / std
 
 
 def to_network_input(images: torch.Tensor, device: torch.device | str,

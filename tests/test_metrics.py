@@ -44,6 +44,20 @@ def test_matrix_accumulates_over_batches():
     assert matrix.miou() == pytest.approx(0.5)
 
 
+def test_matrix_counts_every_pair_as_a_pixel_loop_does():
+    generator = torch.Generator().manual_seed(0)
+    matrix, expected = ConfusionMatrix(19), torch.zeros(19, 19, dtype=torch.long)
+    for _ in range(3):
+        label = torch.randint(0, 21, (2, 8, 9), generator=generator, dtype=torch.uint8)
+        label[label == 20] = 255
+        prediction = torch.randint(0, 20, (2, 8, 9), generator=generator)
+        matrix.update(label, prediction)
+        for truth, predicted in zip(label.flatten().tolist(), prediction.flatten().tolist()):
+            if truth < 19 and predicted < 19:
+                expected[truth, predicted] += 1
+    assert torch.equal(matrix.matrix, expected) and expected.sum() > 0
+
+
 def test_synthia_16_remap_reindexes_logits_and_labels():
     kept = REMAPS['synthia_16']
     assert len(kept) == 16 and 9 not in kept and 14 not in kept and 16 not in kept
