@@ -19,8 +19,9 @@ class Common(nn.Module):
         self.encoder = encoder
         self.decoder = Decoder(tuple(reversed(encoder.channels)), range(0, 1))
 
-    def forward(self, x: torch.Tensor) -> tuple:
-        features = tuple(reversed(self.encoder(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Decoder step 0's output and the encoder maps, coarsest first (a list that the head's decoder empties)."""
+        features = list(reversed(self.encoder(x)))
         return self.decoder(features[0], features), features
 
 
@@ -32,7 +33,7 @@ class SegmentationHead(nn.Module):
         self.decoder = Decoder(tuple(reversed(encoder_channels)), range(1, NUM_STEPS))
         self.multires = SegmentationOutput()
 
-    def forward(self, x: torch.Tensor, features: tuple) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: list) -> torch.Tensor:
         return self.multires(self.decoder(x, features))
 
 

@@ -78,6 +78,30 @@ def test_forward_shapes(model_type, num_layers):
     assert torch.isfinite(logits).all()
 
 
+def decoder_as_the_reference_computes(model, x: torch.Tensor) -> torch.Tensor:
+    """The logits computed step by step as the reference does: concatenate, pad, conv, ELU."""
+    features = tuple(reversed(model.common.encoder(x)))
+    x = features[0]
+    for decoder in (model.common.decoder, model.seg.decoder):
+        for step in decoder.steps:
+            block, skip_index = decoder.blocks[f'step_{step}'], step // 2 + 1
+            if step % 2 == 1:
+                x = nn.functional.interpolate(x, scale_factor=2, mode='nearest')
+                if skip_index < len(features):
+                    x = torch.cat((x, features[skip_index]), 1)
+            x = block.act(block.conv(block.pad(x)))
+    return model.seg.multires(x)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_decoder_pads_the_parts_with_the_same_logits(memory_format):
+    torch.manual_seed(0)
+    model = build_model('resnet', 18, 'scratch', memory_format=memory_format).eval()
+    x = torch.randn(2, 3, 64, 128).to(memory_format=memory_format)
+    with torch.no_grad():
+        assert torch.equal(model(x), decoder_as_the_reference_computes(model, x))
+
+
 @pytest.mark.parametrize('size', [(64, 80), (48, 64), (32, 64)])
 def test_input_size_must_be_multiple_of_32(size):
     model = build_model('resnet', 18, 'scratch').eval()
