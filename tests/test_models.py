@@ -94,12 +94,18 @@ def decoder_as_the_reference_computes(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_decoder_pads_the_parts_with_the_same_logits(memory_format):
+def test_decoder_pads_the_parts_with_the_same_logits_and_gradients(memory_format):
     torch.manual_seed(0)
-    model = build_model('resnet', 18, 'scratch', memory_format=memory_format).eval()
+    model = build_model('resnet', 18, 'scratch', memory_format=memory_format).eval()  # eval: statistics stay put
     x = torch.randn(2, 3, 64, 128).to(memory_format=memory_format)
-    with torch.no_grad():
-        assert torch.equal(model(x), decoder_as_the_reference_computes(model, x))
+    weights = torch.randn(2, 20, 64, 128)
+    gradients = []
+    for forward in (model, lambda x: decoder_as_the_reference_computes(model, x)):
+        model.zero_grad()
+        logits = forward(x)
+        (logits * weights).sum().backward()
+        gradients.append([logits.detach()] + [parameter.grad.clone() for parameter in model.parameters()])
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*gradients))
 
 
 @pytest.mark.parametrize('size', [(64, 80), (48, 64), (32, 64)])
