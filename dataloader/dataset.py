@@ -122,7 +122,7 @@ def read_palette_label(path: str) -> PaletteLabel | None:
             if image.format != 'PNG' or image.mode != 'P' or 'transparency' in image.info:
                 return None
             indices, palette = np.asarray(image), image.getpalette()
-    except (OSError, ValueError, SyntaxError):  # PIL's ways to fail on a file: OpenCV reads it or names it
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL failed: OpenCV reads or names it
         return None
     rgb = np.asarray(palette, np.uint8).reshape(-1, 3)
     if indices.max(initial=0) >= len(rgb):
