@@ -3,7 +3,6 @@
 on unlabelled target images, with a momentum that decays per batch (UBNA) and per layer (UBNA+)."""
 import csv
 import os
-import sys
 
 from arguments import encoder_depth, parse_adaptation_arguments, run_seed
 from dataloader import loaders
@@ -11,7 +10,7 @@ from dataloader.paths import check_environment
 from errors import run_cli
 from experiment_lock import lock_experiment
 from models.adaptation import adapt_batchnorm, check_finite_statistics
-from runtime import LoopTimer, setup_runtime, teardown_runtime
+from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
 from state_manager import StateManager, experiment_dir, save_options, write_atomically
 
 
@@ -71,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Evaluate a checkpoint: mIoU and mean class accuracy on the segmentation validation sets (spec §8)."""
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -11,7 +10,7 @@ from dataloader.loaders import StartedLoader
 from dataloader.paths import check_environment
 from errors import UserError, run_cli
 from experiment_lock import lock_experiment
-from runtime import LoopTimer, setup_runtime, teardown_runtime
+from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
 from state_manager import StateManager, experiment_dir, save_options, write_atomically, write_json
 from validation import (AgainstNone, class_table, evaluate_model, results_dict, summary_table,
                         validation_loaders_from)
@@ -72,4 +71,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -1,7 +1,10 @@
 """The run around a job: device, precision, seeding, torchrun processes, and the timing of its loop."""
+import atexit
 import contextlib
 import os
 import random
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -103,6 +106,22 @@ def teardown_runtime(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a job's process with status `code` once its Python clean-up has run (the atexit handlers: experiment
+    locks released, loader workers joined) and its output is flushed, skipping the interpreter's teardown and the
+    libraries' static destructors. Those are what a normal exit adds with the CUDA build of torch: its libraries
+    page about 125 MiB back in for their destructors, 0.4-0.9 s on the 2-core CPU machine. While a non-daemon
+    thread still runs, the exit is the normal one, which waits for it."""
+    if any(thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
+           for thread in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream has nothing left to flush
+            stream.flush()
+    os._exit(code)
 
 
 def seconds_since_process_start() -> float:

@@ -4,7 +4,6 @@
 Runs as one process, or under `torchrun --nproc_per_node=K train.py ...` with DistributedDataParallel.
 """
 import os
-import sys
 import time
 
 import torch
@@ -21,7 +20,7 @@ from dataloader.transforms import to_network_input
 from errors import UserError, run_cli
 from experiment_lock import lock_experiment
 from losses.segmentation import segmentation_loss
-from runtime import LoopTimer, setup_runtime, teardown_runtime
+from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
 from state_manager import StateManager, experiment_dir, save_options
 from validation import evaluate_model, strip, summary_table, validation_loaders_from
 
@@ -152,4 +151,4 @@ def main(argv=None) -> StateManager:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -84,6 +84,35 @@ def test_workers_forked_after_opencv_started_its_threads_do_not_hang():
     assert process.returncode == 0 and out.split() == ['4'], err
 
 
+JOB_END = """
+import atexit, sys, threading, time
+from dataloader.loaders import make_loader
+from runtime import exit_process
+from tests.test_speed_paths import WorkerSetup
+batches = iter(make_loader(WorkerSetup(), 2, False, False, 2, False))
+next(batches)  # persistent workers are alive at the end
+print(' '.join(str(worker.pid) for worker in batches._workers))
+atexit.register(lambda: open(sys.argv[1], 'w').write('clean-up ran'))
+if sys.argv[2] == 'thread':
+    threading.Thread(target=lambda: (time.sleep(1), print('thread done'))).start()
+print('unflushed', end='')
+exit_process(3)
+"""
+
+
+@pytest.mark.parametrize('thread', ['daemons only', 'thread'])
+def test_a_job_ends_after_its_clean_up_and_its_threads(tmp_path, thread):
+    marker = tmp_path / 'marker'
+    process = subprocess.run([sys.executable, '-c', JOB_END, str(marker), thread], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    assert process.returncode == 3 and marker.read_text() == 'clean-up ran', process.stderr
+    workers, rest = process.stdout.split('\n', 1)
+    assert rest == ('unflushedthread done\n' if thread == 'thread' else 'unflushed')
+    for pid in map(int, workers.split()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the workers ended with the job
+
+
 def test_a_network_on_the_gpu_leaves_the_cpu_to_the_workers(monkeypatch):
     threads = torch.get_num_threads()
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
