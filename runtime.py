@@ -1,4 +1,4 @@
-"""The run around a job: device, precision, seeding, torchrun processes, and the timing of its loop."""
+"""The run around a job: device, precision, seeding, torchrun processes, the timing of its loop, and its end."""
 import atexit
 import contextlib
 import os
