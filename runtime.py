@@ -109,11 +109,11 @@ def teardown_runtime(runtime: Runtime) -> None:
 
 
 def exit_process(code: int) -> None:
-    """End a job's process with status `code` once its Python clean-up has run (the atexit handlers: experiment
-    locks released, loader workers joined) and its output is flushed, skipping the interpreter's teardown and the
-    libraries' static destructors. Those are what a normal exit adds with the CUDA build of torch: its libraries
-    page about 125 MiB back in for their destructors, 0.4-0.9 s on the 2-core CPU machine. While a non-daemon
-    thread still runs, the exit is the normal one, which waits for it."""
+    """End a job's process with status `code` once its Python clean-up has run (the atexit handlers, as a normal
+    exit runs them: experiment locks released, loader workers stopped and joined) and its output is flushed,
+    skipping the interpreter's teardown and the libraries' static destructors. Those are what a normal exit adds
+    with the CUDA build of torch: its libraries page about 125 MiB back in for their destructors, 0.4-0.9 s on
+    the 2-core CPU machine. While a non-daemon thread still runs, the exit is the normal one, which waits for it."""
     if any(thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
            for thread in threading.enumerate()):
         sys.exit(code)
