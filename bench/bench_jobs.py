@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from bench.bench import MODELS, measure  # noqa: E402
-from bench.bench_loaders import photo_like  # noqa: E402
+from bench.bench_loaders import photo_like, write_resized_copy  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_image, write_json  # noqa: E402
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
@@ -84,15 +84,11 @@ def write_datasets(root: str, args) -> None:
                   args.train_steps * args.train_batch, split='full_split', labels='gta5', labels_mode='fromrgb')
 
 
-def write_resized_copy(datasets: str, output: str, workers: int) -> str:
+def write_training_copy(datasets: str, output: str, workers: int) -> str:
     """The one-time copy of gta5_train (and cityscapes_validation, unchanged) at the training resize size."""
     started = time.perf_counter()
     for loader in ('gta5_train', 'cityscapes_validation'):
-        written = subprocess.run([sys.executable, 'data_download/resize_dataset.py', loader, '--output', output,
-                                  '--workers', str(max(1, workers))], cwd=REPO, capture_output=True, text=True,
-                                 env={**os.environ, 'UBNA_DIR_DATASET': datasets})
-        if written.returncode != 0:
-            raise SystemExit(f'data_download/resize_dataset.py {loader} failed:\n{written.stderr}')
+        write_resized_copy(loader, datasets, output, '--workers', max(1, workers))
     print(f'resized copy written in {time.perf_counter() - started:.0f} s', flush=True)
     return output
 
@@ -201,7 +197,7 @@ def main() -> None:
         print(f'data written in {time.perf_counter() - started:.0f} s', flush=True)
         train_root = datasets
         if args.train_from_copy:
-            train_root = write_resized_copy(datasets, os.path.join(root, 'resized'), args.workers)
+            train_root = write_training_copy(datasets, os.path.join(root, 'resized'), args.workers)
         train = run_job('train.py', common + [
             '--model-name', 'source', '--train-weights-init', 'scratch', '--segmentation-training-loaders',
             'gta5_train', '--segmentation-training-batch-size', args.train_batch, '--train-batches-per-epoch',

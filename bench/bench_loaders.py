@@ -67,15 +67,13 @@ def decode_milliseconds(path: str, repeats: int = 5) -> dict:
     return times
 
 
-def write_resized_copies(datasets: str, output: str) -> None:
-    """gta5_train and cityscapes_sequence_train resized to 512x1024 by the real tool."""
-    for loader in ('gta5_train', 'cityscapes_sequence_train'):
-        tool = os.path.join(REPOSITORY, 'data_download', 'resize_dataset.py')
-        written = subprocess.run([sys.executable, tool, loader, '--resize-height', '512', '--resize-width', '1024',
-                                  '--output', output], capture_output=True, text=True,
-                                 env={**os.environ, 'UBNA_DIR_DATASET': datasets})
-        if written.returncode:
-            raise SystemExit(f'{tool} {loader} failed:\n{written.stderr}')
+def write_resized_copy(loader: str, datasets: str, output: str, *flags) -> None:
+    """Run the real data_download/resize_dataset.py: `loader` read from `datasets`, its copy written to `output`."""
+    tool = os.path.join(REPOSITORY, 'data_download', 'resize_dataset.py')
+    written = subprocess.run([sys.executable, tool, loader, '--output', output, *map(str, flags)],
+                             capture_output=True, text=True, env={**os.environ, 'UBNA_DIR_DATASET': datasets})
+    if written.returncode:
+        raise SystemExit(f'{tool} {loader} failed:\n{written.stderr}')
 
 
 def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: int) -> float:
@@ -106,7 +104,8 @@ def main() -> None:
              validation_dataset('cityscapes_validation', (512, 1024)), 1),
         ]
         copy = os.path.join(root, 'resized')
-        write_resized_copies(root, copy)
+        for loader in ('gta5_train', 'cityscapes_sequence_train'):
+            write_resized_copy(loader, root, copy, '--resize-height', 512, '--resize-width', 1024)
         os.environ['UBNA_DIR_DATASET'] = copy
         cases += [
             ('gta5_train from the 512x1024 copy',
