@@ -43,6 +43,22 @@ def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) ->
     return torch.cat((image, colorize(prediction[None])[0], colorize(label[None])[0]), dim=2).clamp(0, 1)
 
 
+def _score_batch(predict, batch: dict, matrices: dict, runtime, skip_unused_class: bool, strips: list,
+                num_images: int) -> None:
+    """Count one batch into `matrices` ({remap: ConfusionMatrix}) and add strips until there are `num_images`.
+    A function of its own so that the batch's device tensors (logits, labels) are freed before the next forward
+    pass instead of living through it (VGG16 at 512x1024: 72 MiB of the evaluation's peak)."""
+    device = runtime.device
+    with runtime.autocast():
+        logits = predict(to_network_input(batch['input'], device, runtime.memory_format))
+    label = batch['label'].to(device, non_blocking=True).long()
+    for remap, matrix in matrices.items():
+        prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
+        matrix.update(remapped_label(label, remap), prediction)
+    for i in range(min(len(label), num_images - len(strips))):
+        strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
+
+
 @torch.no_grad()
 def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, show_progress=True,
                    skip_unused_class=False, timer=None, online=None):
@@ -67,17 +83,8 @@ def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, sho
             domain = batch['domain'][0]
             if domain not in scores:
                 scores[domain] = {remap: ConfusionMatrix(len(REMAPS[remap]), device) for remap in remaps}
-            matrices = scores[domain]
-            with runtime.autocast():
-                inputs = to_network_input(batch['input'], device, runtime.memory_format)
-                logits = model(inputs) if online is None else online(inputs)
-            label = batch['label'].to(device, non_blocking=True).long()
-            for remap in remaps:
-                prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
-                matrices[remap].update(remapped_label(label, remap), prediction)
-            domain_strips = strips.setdefault(domain, [])
-            for i in range(min(len(label), num_images - len(domain_strips))):
-                domain_strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
+            _score_batch(model if online is None else online, batch, scores[domain], runtime, skip_unused_class,
+                        strips.setdefault(domain, []), num_images)
     model.train(was_training)
     return scores, strips
 

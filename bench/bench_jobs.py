@@ -36,6 +36,8 @@ from tests.dataset_fixtures import id_label, palette_label, write_image, write_j
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
 SUMMARY = re.compile(r'first batch ([\d.]+) s after start; then (\d+) images in ([\d.]+) s \(([\d.na]+) images/s\)')
+# the job's own torch.cuda.max_memory_allocated: ours in its timing line, the reference's in its _log_gpu_memory
+ALLOCATED = (re.compile(r'peak (\d+) MiB on the GPU'), re.compile(r'Maximum bytes of GPU memory used:\s*(\d+)'))
 DEFAULTS = {  # GPU: the issue's targets; CPU: sizes a 2-core machine runs in minutes
     'cuda': {'model': 'vgg16', 'adapt_size': '512x1024', 'adapt_native': '1024x2048', 'eval_images': 100,
              'train_steps': 100, 'train_batch': 12, 'workers': min(8, os.cpu_count())},
@@ -120,7 +122,8 @@ class GpuMemoryPoller(threading.Thread):
 def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, cwd: str = REPO,
             device: str = 'cpu') -> dict:
     """Wall seconds, the job's own timing line (ours only), its peak resident memory (largest process) and, on
-    a GPU, its peak GPU memory as nvidia-smi sees it; all None, with its output printed, when the job fails."""
+    a GPU, its peak GPU memory as nvidia-smi sees it and as the job reports it (torch's peak of allocated tensor
+    memory, the reference's own measure); all None, with its output printed, when the job fails."""
     env = {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root}
     name = script if cwd == REPO else os.path.join(cwd, script)
     poller = GpuMemoryPoller() if device == 'cuda' and shutil.which('nvidia-smi') else None
@@ -137,12 +140,15 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
         poller.join()
     if status != 0:  # reported, and the other jobs still run: one broken path should not hide the other figures
         print(f'{name} failed:\n{output}', file=sys.stderr, flush=True)
-        return {'wall': None, 'first': None, 'rate': None, 'rss': None, 'gpu': None}
+        return {'wall': None, 'first': None, 'rate': None, 'rss': None, 'gpu': None, 'allocated': None}
     result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024,
-              'gpu': poller.peak if poller else None}
+              'gpu': poller.peak if poller else None, 'allocated': None}
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
+    ours, theirs = (pattern.findall(output) for pattern in ALLOCATED)  # cumulative peaks: the last is the peak
+    if ours or theirs:
+        result['allocated'] = float(ours[-1]) if ours else int(theirs[-1]) / 2 ** 20
     print(f'{name}: {wall:.1f} s', flush=True)  # progress
     return result
 
@@ -235,19 +241,21 @@ def main() -> None:
         jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
                  ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]
     print(f'\n{"job":52} | {"wall s":>6} | {"first batch s":>13} | {"images/s":>8} | {"network images/s":>16} | '
-          f'{"efficiency":>10} | {"peak RSS MiB":>12} | {"peak GPU MiB":>12}')
+          f'{"efficiency":>10} | {"peak RSS MiB":>12} | {"peak GPU MiB":>12} | {"GPU tensors MiB":>15}')
     for key, result, label in jobs:
         efficiency = result['rate'] / network[key] if result['rate'] is not None else None
         print(f'{label:52} | {_cell(result["wall"], 6)} | {_cell(result["first"], 13)} | {_cell(result["rate"], 8)} | '
               f'{network[key]:16.1f} | {_cell(efficiency, 10, 2)} | {_cell(result["rss"], 12, 0)} | '
-              f'{_cell(result["gpu"], 12, 0)}', flush=True)
+              f'{_cell(result["gpu"], 12, 0)} | {_cell(result["allocated"], 15, 0)}', flush=True)
     if args.reference:
         for key, ours in (('adapt', adapt), ('evaluate', evaluate)):
             theirs = reference[key]
             if ours['wall'] is None or theirs['wall'] is None:
                 continue
-            gpu = (f', peak GPU memory {ours["gpu"] / theirs["gpu"]:.2f} of the reference\'s'
+            gpu = (f', peak GPU memory {ours["gpu"] / theirs["gpu"]:.2f} of the reference\'s (nvidia-smi)'
                    if ours['gpu'] and theirs['gpu'] else '')
+            if ours['allocated'] and theirs['allocated']:
+                gpu += f', {ours["allocated"] / theirs["allocated"]:.2f} (peak of allocated tensors)'
             print(f'{key}: {theirs["wall"] / ours["wall"]:.2f}x the reference\'s speed end to end, peak RSS '
                   f'{ours["rss"] / theirs["rss"]:.2f} of the reference\'s{gpu}', flush=True)
 

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import weakref
 
 import cv2
 import pytest
@@ -13,10 +14,11 @@ from torch.utils.data import Dataset, get_worker_info
 
 from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
 from models.ubna import build_model
-from runtime import setup_runtime
+from runtime import Runtime, setup_runtime
 from state_manager import StateManager
 from tests.conftest import REPO, run_script
 from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
+from validation import evaluate_model
 
 TIMING_LINE = r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s\)'
 
@@ -195,6 +197,26 @@ def test_a_network_built_for_a_checkpoint_draws_nothing_from_the_seeded_generato
 def test_encoder_features_refuse_sizes_the_network_cannot_take():
     with pytest.raises(Exception, match='multiples of 32 and at least 64'):
         build_model('resnet', 18, 'checkpoint').encoder_features(torch.zeros(1, 3, 64, 100))
+
+
+def test_evaluation_frees_a_batch_before_the_next_forward_pass():
+    """The last batch's logits and labels must not live through the next forward pass (its memory peak)."""
+    model = build_model('resnet', 18, 'scratch')
+    earlier_outputs = []
+
+    def forward(x):
+        assert all(output() is None for output in earlier_outputs), 'an earlier batch\'s logits are still alive'
+        logits = model(x)
+        earlier_outputs.append(weakref.ref(logits))
+        return logits
+
+    batches = [{'input': torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8),
+                'image': torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
+                'label': torch.randint(0, 19, (1, 64, 64), dtype=torch.uint8), 'domain': ['d']} for _ in range(3)]
+    scores, strips = evaluate_model(model, [('d', batches)], ['none'], Runtime(torch.device('cpu')), num_images=2,
+                                    show_progress=False, skip_unused_class=True, online=forward)
+    assert len(earlier_outputs) == 3 and len(strips['d']) == 2
+    assert scores['d']['none'].matrix.sum().item() == 3 * 64 * 64
 
 
 @pytest.fixture(scope='module')
