@@ -50,12 +50,32 @@ def distributed_model(model, runtime, sync_batchnorm: bool):
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def all_finite(loss: torch.Tensor, runtime) -> bool:
-    """Whether the loss is finite on every process (all stop together when one diverges)."""
-    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if runtime.distributed:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
+class DivergenceCheck:
+    """Stops training when a loss is not finite on some process (all stop together). Each step's check is read one
+    step late: reading a GPU value waits for the GPU, and by then the next step is queued, so the GPU never idles
+    for it (a diverged step's update is never saved: no checkpoint is written before the last check)."""
+
+    def __init__(self, runtime, last_checkpoint: str | None):
+        self.runtime, self.last_checkpoint = runtime, last_checkpoint
+        self.unread = None
+
+    def add(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Check the step before, then queue the check of this step's loss."""
+        self.read()
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.runtime.distributed:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self.unread = (finite, loss.detach(), epoch, step)
+
+    def read(self) -> None:
+        """Raise if the last queued check failed."""
+        if self.unread is None:
+            return
+        finite, loss, epoch, step = self.unread
+        self.unread = None
+        if not finite.item():
+            raise UserError(f'the loss became {loss.item()} at epoch {epoch}, step {step}; training stopped, the '
+                            f'last good checkpoint is {self.last_checkpoint or "(none yet)"}')
 
 
 def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, last_checkpoint):
@@ -64,6 +84,7 @@ def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, l
     device = runtime.device
     started, seen = time.time(), 0
     timer = LoopTimer(runtime)
+    divergence = DivergenceCheck(runtime, last_checkpoint)
     progress = tqdm(timer.wrap(batches, count=lambda loader_batches: sum(len(b['input']) for b in loader_batches)),
                     desc=f'epoch {state.epoch + 1}/{opt.train_num_epochs}', total=len(batches),
                     disable=not runtime.is_main)
@@ -73,14 +94,12 @@ def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, l
         with runtime.autocast():
             logits = model(images)
             loss = loss_fn(logits, labels)
-        if not all_finite(loss, runtime):
-            raise UserError(f'the loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; '
-                            f'training stopped, the last good checkpoint is {last_checkpoint or "(none yet)"}')
         state.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(state.optimizer)
         scaler.update()
         state.step += 1
+        divergence.add(loss, state.epoch + 1, state.step)
         seen += len(images) * runtime.world_size
         if not runtime.is_main:
             continue
@@ -92,6 +111,7 @@ def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, l
         if state.step % opt.train_print_frequency == 0:
             progress.write(f'epoch {state.epoch + 1} step {state.step}: loss {loss.item():.4f}, '
                            f'{seen / (time.time() - started):.1f} images/s')
+    divergence.read()
     if runtime.is_main:
         print(timer.summary(f'train epoch {state.epoch + 1}'), flush=True)
 

@@ -3,6 +3,7 @@ import csv
 import glob
 import json
 import os
+import re
 
 import cv2
 import pytest
@@ -149,6 +150,17 @@ def test_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(synthe
     assert result.stderr.strip().splitlines()[-1].startswith('error: the loss became ')  # after the progress bars
     assert sorted(os.listdir(folder)) == ['epoch_1']
     assert load(os.path.join(folder, 'epoch_1', 'train.pth')) == {'step': 1, 'epoch': 1}
+
+
+def test_a_loss_diverging_within_an_epoch_is_reported_at_its_step_and_nothing_is_saved(synthetic_root, tmp_path):
+    """The check is read one step late (no wait for the GPU): it must still name the step and stop the epoch."""
+    argv = SMALL_MODEL + TRAIN + ['--model-name', 'diverge', '--train-learning-rate', '1e30',
+                                  '--train-batches-per-epoch', '4', '--train-num-epochs', '1']
+    result = run_script('train.py', argv, synthetic_root, str(tmp_path), check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r'error: the loss became \S+ at epoch 1, step 2; training stopped, the last good checkpoint '
+                     r'is \(none yet\)$', result.stderr.strip()), result.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), 'e2e', 'diverge', 'checkpoints'))
 
 
 def test_training_resumes_weights_optimiser_scheduler_and_counters(trained, synthetic_root):
