@@ -91,10 +91,10 @@ def train_epoch(model, batches, loss_fn, scaler, state, runtime, opt, writers, l
     for loader_batches in progress:
         images = to_network_input(loaders.joined(loader_batches, 'input'), device, runtime.memory_format)
         labels = loaders.joined(loader_batches, 'label').to(device, non_blocking=True).long()
+        state.optimizer.zero_grad(set_to_none=True)  # before the forward pass, so as not to keep the old gradients
         with runtime.autocast():
             logits = model(images)
             loss = loss_fn(logits, labels)
-        state.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(state.optimizer)
         scaler.update()
