@@ -23,6 +23,28 @@ IMAGENET_URLS = {
 IMAGENET_CLASSES = 1000
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that may write its output over its input: set `overwrite_input` for passes where nothing else
+    reads that input, as in the encoders' statistics pass (each one's input is a convolution's fresh output). It
+    does so on the CPU in float32 without autograd, through the kernel nn.BatchNorm2d runs there: the same numbers
+    and running statistics, one feature map less to allocate and fill."""
+    overwrite_input = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.overwrite_input and x.device.type == 'cpu' and x.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            return super().forward(x)
+        momentum = 0.0  # as nn.BatchNorm2d: the running statistics move in training mode only, when tracked
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        tracked = not self.training or self.track_running_stats
+        torch.ops.aten.native_batch_norm.out(
+            x, self.weight, self.bias, self.running_mean if tracked else None, self.running_var if tracked else None,
+            self.training, momentum, self.eps, out=x, save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
+        return x
+
+
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
@@ -38,10 +60,10 @@ class BasicBlock(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +80,11 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.conv3 = _conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -86,7 +108,7 @@ class ResNet(nn.Module):
         block, counts = RESNET_BLOCKS[num_layers]
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, counts[0])
@@ -108,7 +130,7 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+                                       BatchNorm2d(planes * block.expansion))
         blocks = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         blocks += [block(self.inplanes, planes) for _ in range(1, count)]
@@ -140,7 +162,7 @@ class VGG(nn.Module):
             if value == 'M':
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [nn.Conv2d(channels, value, kernel_size=3, padding=1), nn.BatchNorm2d(value),
+                layers += [nn.Conv2d(channels, value, kernel_size=3, padding=1), BatchNorm2d(value),
                            nn.ReLU(inplace=True)]
                 channels = value
         self.features = nn.Sequential(*layers)

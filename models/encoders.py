@@ -1,5 +1,6 @@
 """VGG-bn and ResNet encoders (torchvision's backbones) returning five feature maps at strides 2, 4, 8, 16, 32
 (spec §5)."""
+import itertools
 import os
 import urllib.parse
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from errors import UserError, first_line
-from models.backbones import IMAGENET_URLS, VGG, ResNet
+from models.backbones import IMAGENET_URLS, VGG, BatchNorm2d, ResNet
 
 ENCODER_DEPTHS = {'vgg': (11, 13, 16, 19), 'resnet': (18, 34, 50, 101, 152)}
 DEPTH_FLAGS = {'vgg': '--model-num-layers-vgg', 'resnet': '--model-num-layers'}
@@ -65,7 +66,37 @@ def _load_imagenet(backbone: nn.Module, name: str) -> None:
     backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(('classifier.', 'fc.'))})
 
 
-class VggEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+    """An encoder as five stages of modules, each stage ending at one of the strides 2, 4, 8, 16, 32."""
+
+    def stages(self) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> list:
+        """The output of every stage, finest first."""
+        features = []
+        for stage in self.stages():
+            for module in stage:
+                x = module(x)
+            features.append(x)
+        return features
+
+    def statistics_pass(self, x: torch.Tensor) -> None:
+        """Every module for the BatchNorm layers' sake, one after the other so that each output is freed once the
+        next module has read it; on the CPU without autograd the BatchNorm layers write over their inputs (see
+        BatchNorm2d: nothing else reads them here)."""
+        layers = [module for module in self.modules() if isinstance(module, BatchNorm2d)]
+        for layer in layers:
+            layer.overwrite_input = True
+        try:
+            for module in itertools.chain.from_iterable(self.stages()):
+                x = module(x)
+        finally:
+            for layer in layers:
+                layer.overwrite_input = False
+
+
+class VggEncoder(StagedEncoder):
     """VGG-bn features split after each max-pool; `encoder.conv1..conv5` alias the slices (published keys)."""
 
     def __init__(self, vgg: nn.Module):
@@ -75,18 +106,14 @@ class VggEncoder(nn.Module):
         ends = [i + 1 for i, module in enumerate(features) if isinstance(module, nn.MaxPool2d)]
         for stage, (start, end) in enumerate(zip([0] + ends[:-1], ends), start=1):
             setattr(vgg, f'conv{stage}', nn.Sequential(*features[start:end]))
-        self.stages = [getattr(vgg, f'conv{stage}') for stage in range(1, 6)]
         self.channels = (64, 128, 256, 512, 512)
 
-    def forward(self, x: torch.Tensor) -> list:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+    def stages(self) -> tuple:
+        vgg = self.encoder
+        return vgg.conv1, vgg.conv2, vgg.conv3, vgg.conv4, vgg.conv5
 
 
-class ResnetEncoder(nn.Module):
+class ResnetEncoder(StagedEncoder):
     """ResNet stages conv1-bn1-relu, maxpool+layer1, layer2, layer3, layer4."""
 
     def __init__(self, resnet: nn.Module, num_layers: int):
@@ -94,13 +121,9 @@ class ResnetEncoder(nn.Module):
         self.encoder = resnet
         self.channels = (64, 256, 512, 1024, 2048) if num_layers > 34 else (64, 64, 128, 256, 512)
 
-    def forward(self, x: torch.Tensor) -> list:
+    def stages(self) -> tuple:
         net = self.encoder
-        x0 = net.relu(net.bn1(net.conv1(x)))
-        x1 = net.layer1(net.maxpool(x0))
-        x2 = net.layer2(x1)
-        x3 = net.layer3(x2)
-        return [x0, x1, x2, x3, net.layer4(x3)]
+        return (net.conv1, net.bn1, net.relu), (net.maxpool, *net.layer1), net.layer2, net.layer3, net.layer4
 
 
 def build_encoder(model_type: str, num_layers: int, weights_init: str,

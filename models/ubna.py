@@ -60,10 +60,11 @@ class UBNA(nn.Module):
         check_input_size(x)
         return self.seg(*self.common(x))
 
-    def encoder_features(self, x: torch.Tensor) -> list:
-        """The encoder alone: all that its BatchNorm statistics depend on (adaptation needs no logits)."""
+    def encoder_statistics_pass(self, x: torch.Tensor) -> None:
+        """The encoder alone, for its BatchNorm layers: all that their statistics depend on (adaptation needs no
+        logits)."""
         check_input_size(x)
-        return self.common.encoder(x)
+        self.common.encoder.statistics_pass(x)
 
 
 def build_model(model_type: str, num_layers: int, weights_init: str, device: str | torch.device = 'cpu',

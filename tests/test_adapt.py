@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.adaptation import adapt_batchnorm, layer_momenta, set_momenta
+from models.adaptation import adapt_batchnorm, layer_momenta, prepare_batchnorm, set_momenta
 from models.ubna import build_model, encoder_batchnorm_layers
 
 
@@ -86,23 +86,48 @@ def test_target_only_replaces_source_statistics_by_the_target_average():
         torch.testing.assert_close(layer.running_var.double(), expected_var, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('model_type, depth', [('resnet', 18), ('vgg', 11)])
-def test_encoder_only_adaptation_gives_the_statistics_of_the_full_forward(model_type, depth):
-    """Adaptation runs the encoder alone; the full network in train mode must leave identical statistics."""
+@pytest.mark.parametrize('model_type, depth, mode, memory_format', [
+    ('resnet', 18, 'layer_shrinking', torch.contiguous_format),
+    ('vgg', 11, 'layer_shrinking', torch.contiguous_format),
+    ('resnet', 18, 'target_only', torch.channels_last),  # momentum None: the cumulative average
+])
+def test_encoder_only_adaptation_gives_the_statistics_of_the_full_forward(model_type, depth, mode, memory_format):
+    """Adaptation runs the encoder alone, its BatchNorm layers writing over their inputs; the full network in train
+    mode must leave identical statistics."""
     torch.manual_seed(0)
-    encoder_only = build_model(model_type, depth, 'scratch')
+    encoder_only = build_model(model_type, depth, 'scratch', memory_format=memory_format)
     full = copy.deepcopy(encoder_only)
-    batches = [torch.randn(2, 3, 64, 96) * (1 + k) + k for k in range(3)]
-    adapt_batchnorm(encoder_only, batches, 'layer_shrinking', 0.1, 0.3, 0.2, show_progress=False)
+    batches = [(torch.randn(2, 3, 64, 96) * (1 + k) + k).to(memory_format=memory_format) for k in range(3)]
+    in_place = []
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: in_place.append(output is inputs[0]))
+             for _, layer in encoder_batchnorm_layers(encoder_only)]
+    adapt_batchnorm(encoder_only, batches, mode, 0.1, 0.3, 0.2, show_progress=False)
+    for hook in hooks:
+        hook.remove()
+    assert len(in_place) == len(batches) * len(hooks) and all(in_place)
     layers = encoder_batchnorm_layers(full)
+    prepare_batchnorm(mode, layers)
     full.train()
     with torch.no_grad():
         for k, images in enumerate(batches):
-            set_momenta(layers, layer_momenta('layer_shrinking', k, len(layers), 0.1, 0.3, 0.2))
+            set_momenta(layers, layer_momenta(mode, k, len(layers), 0.1, 0.3, 0.2))
             full(images)
     adapted = encoder_only.state_dict()
     for key, value in full.state_dict().items():
         assert torch.equal(adapted[key], value), key
+
+
+def test_batchnorm_layers_write_over_their_inputs_only_in_a_statistics_pass_without_autograd():
+    model = build_model('resnet', 18, 'scratch').train()
+    images = torch.randn(2, 3, 64, 64)
+    outputs = []
+    model.common.encoder.encoder.bn1.register_forward_hook(
+        lambda module, inputs, output: outputs.append(output is inputs[0]))
+    with torch.no_grad():
+        model(images)
+        model.encoder_statistics_pass(images)
+    model.encoder_statistics_pass(images)  # autograd on: the input may be needed for the gradient
+    assert outputs == [False, True, False]
 
 
 def test_mixed_precision_keeps_batchnorm_statistics_in_float32():

@@ -71,9 +71,10 @@ def changed(before: dict, after: dict) -> set:
 
 
 def record_inputs(layers):
-    """Forward pre-hooks that keep every input of each layer; returns (inputs by name, hooks)."""
+    """Forward pre-hooks that keep a copy of every input of each layer (a statistics pass normalises over the
+    input itself); returns (inputs by name, hooks)."""
     seen = {name: [] for name, _ in layers}
-    hooks = [layer.register_forward_pre_hook(lambda module, inputs, name=name: seen[name].append(inputs[0].detach()))
+    hooks = [layer.register_forward_pre_hook(lambda module, inputs, name=name: seen[name].append(inputs[0].clone()))
              for name, layer in layers]
     return seen, hooks
 
@@ -91,7 +92,7 @@ def train_mode_statistics(model, images, layers_of=default_layers) -> dict:
         layer.train()
     seen, hooks = record_inputs(layers)
     with torch.no_grad():
-        getattr(twin, 'encoder_features', twin)(images)
+        getattr(twin, 'encoder_statistics_pass', twin)(images)
     for hook in hooks:
         hook.remove()
     return {name: mean_and_variance(inputs[0]) for name, inputs in seen.items()}

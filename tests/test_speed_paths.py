@@ -194,9 +194,9 @@ def test_a_network_built_for_a_checkpoint_draws_nothing_from_the_seeded_generato
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_encoder_features_refuse_sizes_the_network_cannot_take():
+def test_the_encoder_statistics_pass_refuses_sizes_the_network_cannot_take():
     with pytest.raises(Exception, match='multiples of 32 and at least 64'):
-        build_model('resnet', 18, 'checkpoint').encoder_features(torch.zeros(1, 3, 64, 100))
+        build_model('resnet', 18, 'checkpoint').encoder_statistics_pass(torch.zeros(1, 3, 64, 100))
 
 
 def test_evaluation_frees_a_batch_before_the_next_forward_pass():

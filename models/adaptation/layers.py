@@ -21,7 +21,7 @@ def default_layers(model: torch.nn.Module) -> list:
 
 def statistics_pass(model: torch.nn.Module):
     """The cheapest forward that feeds every adapted layer: the encoder alone where the network offers it."""
-    return getattr(model, 'encoder_features', model)
+    return getattr(model, 'encoder_statistics_pass', model)
 
 
 def set_momenta(layers: list, momenta: list) -> None:

@@ -60,7 +60,8 @@ def adapt_batchnorm(model, batches, mode: str, momentum: float, alpha_batch: flo
     `batches` yields network inputs (N×3×H×W) on the model's device, `num_batches` of them if known. `layers`: the
     (name, BatchNorm) pairs to adapt, by default the UBNA encoder's or else every BatchNorm layer. Before batch k
     layer l gets the momentum of `mode`; a UBNA network runs its encoder alone, since nothing after it changes a
-    statistic. `after_batch(k)` is called after batch k (e.g. to evaluate); `autocast()` wraps each pass.
+    statistic (on the CPU its BatchNorm layers write over their inputs: a forward hook sees the output there).
+    `after_batch(k)` is called after batch k (e.g. to evaluate); `autocast()` wraps each pass.
     Returns the momenta used: one (batch, layer, name, momentum) row each.
     """
     layers = default_layers(model) if layers is None else layers
