@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.adaptation import adapt_batchnorm, layer_momenta, prepare_batchnorm, set_momenta
+from models.adaptation.layers import training_mode
 from models.ubna import build_model, encoder_batchnorm_layers
 
 
@@ -112,6 +113,27 @@ def test_encoder_only_adaptation_gives_the_statistics_of_the_full_forward(model_
         for k, images in enumerate(batches):
             set_momenta(layers, layer_momenta(mode, k, len(layers), 0.1, 0.3, 0.2))
             full(images)
+    adapted = encoder_only.state_dict()
+    for key, value in full.state_dict().items():
+        assert torch.equal(adapted[key], value), key
+
+
+def test_adapting_some_encoder_layers_gives_the_statistics_of_the_full_forward():
+    """The encoder's other BatchNorm layers stay in eval mode (and also write over their inputs on the CPU)."""
+    torch.manual_seed(0)
+    encoder_only = build_model('resnet', 18, 'scratch')
+    for _, layer in encoder_batchnorm_layers(encoder_only):
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+    full = copy.deepcopy(encoder_only)
+    batches = [torch.randn(2, 3, 64, 96) * (1 + k) + k for k in range(3)]
+    adapt_batchnorm(encoder_only, batches, 'batch_shrinking', 0.1, 0.3, 0.2, show_progress=False,
+                    layers=encoder_batchnorm_layers(encoder_only)[::2])
+    layers = encoder_batchnorm_layers(full)[::2]
+    with torch.no_grad():
+        for k, images in enumerate(batches):
+            with training_mode(full, layers, layer_momenta('batch_shrinking', k, len(layers), 0.1, 0.3, 0.2)):
+                full(images)
     adapted = encoder_only.state_dict()
     for key, value in full.state_dict().items():
         assert torch.equal(adapted[key], value), key
