@@ -30,8 +30,7 @@ def save_strips(folder: str, strips) -> None:
         domain_dir = os.path.join(folder, 'eval_images', domain)
         os.makedirs(domain_dir, exist_ok=True)
         for i, picture in enumerate(pictures):
-            write_png(os.path.join(domain_dir, f'img_{i}.png'),
-                      (picture.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+            write_png(os.path.join(domain_dir, f'img_{i}.png'), picture.permute(1, 2, 0).numpy())
 
 
 def main(argv=None) -> dict:

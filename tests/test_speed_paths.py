@@ -12,13 +12,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from dataloader.labels import TRAIN_ID_COLORS
 from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
 from models.ubna import build_model
 from runtime import Runtime, setup_runtime
 from state_manager import StateManager
 from tests.conftest import REPO, run_script
 from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
-from validation import evaluate_model
+from validation import evaluate_model, strip
 
 TIMING_LINE = r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s\)'
 
@@ -217,6 +218,20 @@ def test_evaluation_frees_a_batch_before_the_next_forward_pass():
                                     show_progress=False, skip_unused_class=True, online=forward)
     assert len(earlier_outputs) == 3 and len(strips['d']) == 2
     assert scores['d']['none'].matrix.sum().item() == 3 * 64 * 64
+
+
+def test_strips_are_kept_as_the_uint8_pictures_they_become():
+    """image | prediction | label in the palette's colours, the label at twice the size sampled to the image's."""
+    image = torch.randint(0, 256, (3, 4, 6), dtype=torch.uint8)
+    prediction = torch.randint(0, 19, (4, 6))
+    label = torch.full((8, 12), 255, dtype=torch.uint8)
+    label[::2, ::2] = torch.randint(0, 19, (4, 6), dtype=torch.uint8)
+    picture = strip(image, prediction, label)
+    palette = torch.as_tensor(TRAIN_ID_COLORS)
+    assert picture.dtype == torch.uint8 and picture.shape == (3, 4, 18)
+    assert torch.equal(picture[:, :, :6], image)
+    assert torch.equal(picture[:, :, 6:12], palette[prediction].permute(2, 0, 1))
+    assert torch.equal(picture[:, :, 12:], palette[label[::2, ::2].long()].permute(2, 0, 1))
 
 
 @pytest.fixture(scope='module')
