@@ -135,32 +135,42 @@ def seconds_since_process_start() -> float:
 
 
 class LoopTimer:
-    """Times a job's loop: seconds from process start to its first batch, then images per second after it."""
+    """Times a job's loop: seconds from process start to its first batch, then images per second after it, overall
+    and over the loop's second half, which start-up costs (cuDNN's first calls and autotuning, the batches the
+    workers decoded in advance) no longer reach: the steady state."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.first_batch_s = None
         self.images = 0
         self._started = None
+        self._arrivals = []  # (time, images counted so far) at each batch
 
     def wrap(self, batches, count=len):
         """Yield from `batches`, counting count(batch) images after the first batch."""
         for batch in batches:
+            now = time.perf_counter()
             if self._started is None:
                 self.first_batch_s = seconds_since_process_start()
-                self._started = time.perf_counter()
+                self._started = now
             else:
                 self.images += count(batch)
+            self._arrivals.append((now, self.images))
             yield batch
 
     def summary(self, job: str) -> str:
-        """One log line, e.g. 'adapt: first batch 3.1 s after start; then 294 images in 5.2 s (56.5 images/s)'."""
+        """One log line, e.g. 'adapt: first batch 3.1 s after start; then 294 images in 5.2 s (56.5 images/s;
+        60.1 in the second half)'."""
         if self._started is None:
             return f'{job}: no batch'
         self.runtime.synchronize()
-        seconds = time.perf_counter() - self._started
+        ended = time.perf_counter()
+        seconds = ended - self._started
         rate = self.images / seconds if seconds > 0 else float('nan')
+        half_started, images_before = self._arrivals[len(self._arrivals) // 2]
+        second_half = (f'; {(self.images - images_before) / (ended - half_started):.1f} in the second half'
+                       if len(self._arrivals) >= 4 and ended > half_started else '')
         memory = (f', peak {torch.cuda.max_memory_allocated(self.runtime.device) / 2 ** 20:.0f} MiB on the GPU'
                   if self.runtime.device.type == 'cuda' else '')
         return (f'{job}: first batch {self.first_batch_s:.1f} s after start; then {self.images} images in '
-                f'{seconds:.1f} s ({rate:.1f} images/s){memory}')
+                f'{seconds:.1f} s ({rate:.1f} images/s{second_half}){memory}')

@@ -4,9 +4,10 @@
 Writes photo-like PNGs at native size (KITTI-like stereo for adaptation, Cityscapes 1024x2048 for validation, GTA-5
 1052x1914 with palette labels for training) and runs adapt.py (--adapt-batches x --adapt-batch), evaluate.py
 (--eval-images) and one epoch of train.py (--train-steps). For each job: wall time, seconds from process start to
-the first batch, images/s after it, and the pipeline efficiency = job images/s / network-alone images/s (bench.py's
-measurement of the same step on random tensors). Defaults follow the device: VGG16-bn at the paper's sizes on a GPU,
-ResNet-18 at small sizes on a CPU.
+the first batch, images/s after it (overall, and over the loop's second half: the steady state, without cuDNN's
+start and autotuning or the batches decoded before the first), and the pipeline efficiency = job images/s /
+network-alone images/s (bench.py's measurement of the same step on random tensors). Defaults follow the device:
+VGG16-bn at the paper's sizes on a GPU, ResNet-18 at small sizes on a CPU.
 With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
 flags, and the speed and memory ratios are printed.
 With --train-from-copy, train.py reads the copy data_download/resize_dataset.py writes at the training resize size.
@@ -35,12 +36,13 @@ from bench.bench_loaders import photo_like, write_resized_copy  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_image, write_json  # noqa: E402
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
-SUMMARY = re.compile(r'first batch ([\d.]+) s after start; then (\d+) images in ([\d.]+) s \(([\d.na]+) images/s\)')
+SUMMARY = re.compile(r'first batch ([\d.]+) s after start; then (\d+) images in ([\d.]+) s \(([\d.na]+) images/s'
+                     r'(?:; ([\d.na]+) in the second half)?\)')
 # the job's own torch.cuda.max_memory_allocated: ours in its timing line, the reference's in its _log_gpu_memory
 ALLOCATED = (re.compile(r'peak (\d+) MiB on the GPU'), re.compile(r'Maximum bytes of GPU memory used:\s*(\d+)'))
 DEFAULTS = {  # GPU: the issue's targets; CPU: sizes a 2-core machine runs in minutes
     'cuda': {'model': 'vgg16', 'adapt_size': '512x1024', 'adapt_native': '1024x2048', 'eval_images': 100,
-             'train_steps': 100, 'train_batch': 12, 'workers': min(8, os.cpu_count())},
+             'train_steps': 200, 'train_batch': 12, 'workers': min(8, os.cpu_count())},
     'cpu': {'model': 'resnet18', 'adapt_size': '160x512', 'adapt_native': '375x1242', 'eval_images': 10,
             'train_steps': 10, 'train_batch': 6, 'workers': min(2, os.cpu_count())},
 }
@@ -140,12 +142,13 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
         poller.join()
     if status != 0:  # reported, and the other jobs still run: one broken path should not hide the other figures
         print(f'{name} failed:\n{output}', file=sys.stderr, flush=True)
-        return {'wall': None, 'first': None, 'rate': None, 'rss': None, 'gpu': None, 'allocated': None}
-    result = {'wall': wall, 'first': None, 'rate': None, 'rss': usage.ru_maxrss / 1024,
+        return dict.fromkeys(('wall', 'first', 'rate', 'steady', 'rss', 'gpu', 'allocated'))
+    result = {'wall': wall, 'first': None, 'rate': None, 'steady': None, 'rss': usage.ru_maxrss / 1024,
               'gpu': poller.peak if poller else None, 'allocated': None}
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
+        result['steady'] = float(timing.group(5)) if timing.group(5) else None
     ours, theirs = (pattern.findall(output) for pattern in ALLOCATED)  # cumulative peaks: the last is the peak
     if ours or theirs:
         result['allocated'] = float(ours[-1]) if ours else int(theirs[-1]) / 2 ** 20
@@ -208,7 +211,7 @@ def main() -> None:
             '--model-name', 'source', '--train-weights-init', 'scratch', '--segmentation-training-loaders',
             'gta5_train', '--segmentation-training-batch-size', args.train_batch, '--train-batches-per-epoch',
             args.train_steps, '--train-num-epochs', 1, '--train-tb-frequency', 10 ** 6,
-            '--train-print-frequency', 10 ** 6], train_root, checkpoints)
+            '--train-print-frequency', 10 ** 6], train_root, checkpoints, device=args.device)
         source = 'bench/source/checkpoints/epoch_1'
         adapt_flags = common + [
             '--model-name', 'adapted', '--model-load', source, '--adaptation-training-loaders', 'kitti_kitti_train',
@@ -240,11 +243,13 @@ def main() -> None:
     if args.reference:
         jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
                  ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]
-    print(f'\n{"job":52} | {"wall s":>6} | {"first batch s":>13} | {"images/s":>8} | {"network images/s":>16} | '
+    print(f'\n{"job":52} | {"wall s":>6} | {"first batch s":>13} | {"images/s":>8} | {"2nd half":>8} | '
+          f'{"network images/s":>16} | '
           f'{"efficiency":>10} | {"peak RSS MiB":>12} | {"peak GPU MiB":>12} | {"GPU tensors MiB":>15}')
     for key, result, label in jobs:
         efficiency = result['rate'] / network[key] if result['rate'] is not None else None
         print(f'{label:52} | {_cell(result["wall"], 6)} | {_cell(result["first"], 13)} | {_cell(result["rate"], 8)} | '
+              f'{_cell(result["steady"], 8)} | '
               f'{network[key]:16.1f} | {_cell(efficiency, 10, 2)} | {_cell(result["rss"], 12, 0)} | '
               f'{_cell(result["gpu"], 12, 0)} | {_cell(result["allocated"], 15, 0)}', flush=True)
     if args.reference:

@@ -146,12 +146,27 @@ def _init_worker(low_priority: bool, worker_id: int) -> None:
     threads had started.
     Low priority: see make_loader."""
     torch.multiprocessing.set_sharing_strategy('file_system')
+    _start_shared_memory_manager()
     cv2.setNumThreads(0)
     if low_priority:
         try:
             os.nice(WORKER_NICENESS)
         except OSError:  # a priority that cannot be lowered costs speed only
             pass
+
+
+def _start_shared_memory_manager() -> None:
+    """Start this worker's torch_shm_manager, which serves its 'file_system' tensors, with /dev/null as stderr.
+    torch starts it at the first shared tensor, and it outlives the worker by its 2 s shutdown timeout, holding the
+    worker's stderr: whoever reads a job's output through a pipe (tee, a subprocess) would wait 2 s after the job."""
+    stderr, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        torch.empty(1).share_memory_()  # the first shared tensor: the manager starts now, inheriting fd 2
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+        os.close(devnull)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,

@@ -5,7 +5,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import weakref
+from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -15,13 +17,14 @@ from torch.utils.data import Dataset, get_worker_info
 from dataloader.labels import TRAIN_ID_COLORS
 from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
 from models.ubna import build_model
-from runtime import Runtime, setup_runtime
+from runtime import LoopTimer, Runtime, setup_runtime
 from state_manager import StateManager
 from tests.conftest import REPO, run_script
 from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
 from validation import evaluate_model, strip
 
-TIMING_LINE = r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s\)'
+TIMING_LINE = (r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s'
+               r'(; [\d.]+ in the second half)?\)')
 
 
 class WorkerIds(Dataset):
@@ -114,6 +117,46 @@ def test_a_job_ends_after_its_clean_up_and_its_threads(tmp_path, thread):
     for pid in map(int, workers.split()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the workers ended with the job
+
+
+def test_nothing_a_job_started_holds_its_output_open_after_it_ends(tmp_path):
+    """No process that the job started holds its output open after it ends (a worker's shared-memory manager lives
+    2 s longer), so that `| tee` or a caller reading the output through a pipe is not kept waiting."""
+    process = subprocess.Popen([sys.executable, '-c', JOB_END, str(tmp_path / 'marker'), 'daemons only'], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.wait(timeout=60) == 3  # its few lines fit in the pipe
+    output = process.stdout.fileno()
+    os.set_blocking(output, False)
+    try:
+        while os.read(output, 1 << 16):  # b'': end of file, no writer left
+            pass
+    except BlockingIOError:
+        pytest.fail("a process that the job started still holds the job's output open")
+    finally:
+        process.stdout.close()
+
+
+class Clock:
+    """time, with perf_counter reading the given times."""
+
+    def __init__(self, times):
+        self.times = iter(times)
+
+    def perf_counter(self) -> float:
+        return next(self.times)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_the_loop_timer_gives_the_rate_of_the_loop_s_second_half_on_its_own(monkeypatch):
+    monkeypatch.setattr('runtime.time', Clock([0, 1, 2, 3, 5, 7, 9, 11, 15]))  # 8 batches arrive, then the end
+    timer = LoopTimer(SimpleNamespace(synchronize=lambda: None, device=torch.device('cpu')))
+    assert len(list(timer.wrap([torch.zeros(2, 1)] * 8))) == 8
+    # after the first batch 14 images in 15 s; from the fifth batch's arrival (at 5 s, 8 images counted) 6 in 10 s
+    line = timer.summary('adapt')
+    assert re.fullmatch(TIMING_LINE.format('adapt'), line), line
+    assert line.endswith('then 14 images in 15.0 s (0.9 images/s; 0.6 in the second half)'), line
 
 
 def test_a_network_on_the_gpu_leaves_the_cpu_to_the_workers(monkeypatch):
