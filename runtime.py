@@ -143,29 +143,26 @@ class LoopTimer:
         self.runtime = runtime
         self.first_batch_s = None
         self.images = 0
-        self._started = None
-        self._arrivals = []  # (time, images counted so far) at each batch
+        self._arrivals = []  # (time, images counted after the first batch so far) at each batch
 
     def wrap(self, batches, count=len):
         """Yield from `batches`, counting count(batch) images after the first batch."""
         for batch in batches:
-            now = time.perf_counter()
-            if self._started is None:
+            if not self._arrivals:
                 self.first_batch_s = seconds_since_process_start()
-                self._started = now
             else:
                 self.images += count(batch)
-            self._arrivals.append((now, self.images))
+            self._arrivals.append((time.perf_counter(), self.images))
             yield batch
 
     def summary(self, job: str) -> str:
         """One log line, e.g. 'adapt: first batch 3.1 s after start; then 294 images in 5.2 s (56.5 images/s;
         60.1 in the second half)'."""
-        if self._started is None:
+        if not self._arrivals:
             return f'{job}: no batch'
         self.runtime.synchronize()
         ended = time.perf_counter()
-        seconds = ended - self._started
+        seconds = ended - self._arrivals[0][0]
         rate = self.images / seconds if seconds > 0 else float('nan')
         half_started, images_before = self._arrivals[len(self._arrivals) // 2]
         second_half = (f'; {(self.images - images_before) / (ended - half_started):.1f} in the second half'

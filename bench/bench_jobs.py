@@ -140,11 +140,11 @@ def run_job(script: str, flags: list, dataset_root: str, checkpoint_root: str, c
     if poller:
         poller.stopped.set()
         poller.join()
+    result = dict.fromkeys(('wall', 'first', 'rate', 'steady', 'rss', 'gpu', 'allocated'))
     if status != 0:  # reported, and the other jobs still run: one broken path should not hide the other figures
         print(f'{name} failed:\n{output}', file=sys.stderr, flush=True)
-        return dict.fromkeys(('wall', 'first', 'rate', 'steady', 'rss', 'gpu', 'allocated'))
-    result = {'wall': wall, 'first': None, 'rate': None, 'steady': None, 'rss': usage.ru_maxrss / 1024,
-              'gpu': poller.peak if poller else None, 'allocated': None}
+        return result
+    result.update(wall=wall, rss=usage.ru_maxrss / 1024, gpu=poller.peak if poller else None)
     timing = SUMMARY.search(output)
     if timing:
         result['first'], result['rate'] = float(timing.group(1)), float(timing.group(4))
