@@ -56,7 +56,7 @@ def _score_batch(predict, batch: dict, matrices: dict, runtime, skip_unused_clas
         prediction = upsample_labels(remapped_prediction(logits, remap, skip_unused_class), label.shape[-2:])
         matrix.update(remapped_label(label, remap), prediction)
     for i in range(min(len(label), num_images - len(strips))):
-        strips.append(strip(batch['image'][i], logits[i].argmax(0), label[i]).cpu())
+        strips.append(strip(batch['input'][i], logits[i].argmax(0), label[i]).cpu())
 
 
 @torch.no_grad()

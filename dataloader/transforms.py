@@ -100,12 +100,10 @@ def to_network_input(images: torch.Tensor, device: torch.device | str,
     return normalize(images.float().div_(255)).contiguous(memory_format=memory_format)
 
 
-def network_tensors(image: Image.Image, jitter: Jitter | None) -> dict:
-    """'image' (not jittered) and 'input' (jittered when given), uint8 3×H×W: a quarter of the float
-    bytes between loader workers and the main process; to_network_input makes the network input."""
-    plain = _chw(np.asarray(image))
-    jittered = plain if jitter is None else _chw(jitter.apply(image))
-    return {'input': jittered, 'image': plain}
+def network_input(image: Image.Image, jitter: Jitter | None) -> torch.Tensor:
+    """The network input, jittered when a jitter is given, as uint8 3×H×W: a quarter of the float bytes between
+    loader workers and the main process; to_network_input normalises it on the device."""
+    return _chw(np.asarray(image) if jitter is None else jitter.apply(image))
 
 
 def _flip(image: Image.Image) -> Image.Image:
@@ -123,7 +121,8 @@ class TrainDraw:
 
 
 class SegmentationTrainTransform:
-    """Flip, resize, random rescale (size // s), random crop, label conversion after the crop, jitter."""
+    """Flip, resize, random rescale (size // s), random crop, label conversion after the crop, jitter.
+    Its samples also hold 'image', the crop before the jitter, which train.py shows in tensorboard."""
 
     def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
                  convert_label: Callable[[np.ndarray], np.ndarray]):
@@ -153,7 +152,8 @@ class SegmentationTrainTransform:
         if draw.flip:
             crop, cols = _flip(crop), cols[::-1]
         label = self.convert_label(raw['segmentation'].take(rows, axis=0).take(cols, axis=1))  # 5x the 2-D index
-        return {**network_tensors(crop, draw.jitter), 'label': torch.from_numpy(label)}
+        return {'input': network_input(crop, draw.jitter), 'image': _chw(np.asarray(crop)),
+                'label': torch.from_numpy(label)}
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class AdaptationTransform:
             out = resize_color(image, self.crop_hw, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy))
         if draw.flip:
             out = _flip(out)
-        return network_tensors(out, draw.jitter)
+        return {'input': network_input(out, draw.jitter)}
 
 
 class ValidationTransform:
@@ -203,4 +203,4 @@ class ValidationTransform:
     def __call__(self, raw: dict) -> dict:
         image = resize_color(Image.fromarray(raw['color']), self.resize_hw)
         label = self.convert_label(raw['segmentation'])
-        return {**network_tensors(image, None), 'label': torch.from_numpy(label)}
+        return {'input': network_input(image, None), 'label': torch.from_numpy(label)}

@@ -255,7 +255,6 @@ def test_evaluation_frees_a_batch_before_the_next_forward_pass():
         return logits
 
     batches = [{'input': torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8),
-                'image': torch.zeros(1, 3, 64, 64, dtype=torch.uint8),
                 'label': torch.randint(0, 19, (1, 64, 64), dtype=torch.uint8), 'domain': ['d']} for _ in range(3)]
     scores, strips = evaluate_model(model, [('d', batches)], ['none'], Runtime(torch.device('cpu')), num_images=2,
                                     show_progress=False, skip_unused_class=True, online=forward)

@@ -156,7 +156,7 @@ def predictions_figure(s: dict, path: str) -> None:
         models[title] = state.model
     batch = next(iter(target_validation(s)[0][1]))
     n = s['images']
-    columns = {'target image': batch['image'][:n]}
+    columns = {'target image': batch['input'][:n]}
     inputs = to_network_input(batch['input'][:n], 'cpu')
     columns.update((title, colorize(model.eval()(inputs).argmax(1))) for title, model in models.items())
     columns['label'] = colorize(batch['label'][:n])
