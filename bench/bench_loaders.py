@@ -1,4 +1,5 @@
-"""Samples per second of a training, an adaptation and a validation loader, 0 and 2 workers.
+"""Samples per second of a training, an adaptation and a validation loader, 0 and 2 workers, and the ms of each
+sample spent reading its files.
 
 Writes photo-like synthetic PNGs at native size (GTA-5 1052x1914 with palette labels; Cityscapes 1024x2048)
 to a temporary folder and times the named loaders on them (steady state: the first batch is not counted), then
@@ -18,6 +19,7 @@ import torch
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPOSITORY)
 
+from dataloader.dataset import read_image  # noqa: E402
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_dataset  # noqa: E402
 
@@ -87,6 +89,18 @@ def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: 
     return counted / (time.perf_counter() - start)
 
 
+def decoding_milliseconds(dataset) -> float:
+    """Median ms to read one sample's files (every category, as its loader reads them) over the first samples."""
+    files = (dataset.datasets[0] if hasattr(dataset, 'datasets') else dataset).files
+    times = []
+    for index in range(FILES_PER_CATEGORY):
+        start = time.perf_counter()
+        for category, paths in files.items():
+            read_image(paths[index], category)
+        times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--samples', type=int, default=48, help='samples drawn per measurement')
@@ -113,11 +127,13 @@ def main() -> None:
             ('cityscapes_sequence_train from the 512x1024 copy',
              adaptation_dataset('cityscapes_sequence_train', (512, 1024), (192, 640)), 6),
         ]
-        print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9}')
+        print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9} {"decoding":>8}')
         for name, dataset, batch_size in cases:
+            decoding = f'{decoding_milliseconds(dataset):8.1f}'
             for workers in (0, 2):
                 rate = samples_per_second(dataset, batch_size, workers, args.samples)
-                print(f'{name:52} {batch_size:5d} {workers:7d} {rate:9.1f} {1000 / rate:9.1f}', flush=True)
+                print(f'{name:52} {batch_size:5d} {workers:7d} {rate:9.1f} {1000 / rate:9.1f} '
+                      f'{decoding if workers == 0 else "":>8}', flush=True)
         decoding = decode_milliseconds(os.path.join(root, 'cityscapes', 'color', 'validation_00000.png'))
         print('decoding one 1024x2048 PNG (ms, median): ' + ', '.join(f'{k} {v:.1f}' for k, v in decoding.items()))
 
