@@ -48,8 +48,9 @@ def write_benchmark_datasets(root: str) -> None:
                   split_file='validation')
 
 
-def decode_milliseconds(path: str, repeats: int = 5) -> dict:
-    """Median ms to decode one PNG to an RGB array with OpenCV, PIL and torchvision.io (one thread each)."""
+def decode_milliseconds(path: str, repeats: int = 15) -> dict:
+    """Median ms to decode one PNG to an RGB array with OpenCV, PIL and torchvision.io (one thread each), the three
+    taking turns so that the machine's slow and fast moments reach each of them alike."""
     import cv2
     import torchvision.io
     from PIL import Image
@@ -57,16 +58,15 @@ def decode_milliseconds(path: str, repeats: int = 5) -> dict:
     decoders = {'OpenCV': lambda: cv2.cvtColor(cv2.imread(path, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB),
                 'PIL': lambda: np.asarray(Image.open(path).convert('RGB')),
                 'torchvision.io': lambda: torchvision.io.decode_png(torchvision.io.read_file(path))}
-    times = {}
-    for name, decode in decoders.items():
+    samples = {name: [] for name in decoders}
+    for decode in decoders.values():
         decode()
-        samples = []
-        for _ in range(repeats):
+    for _ in range(repeats):
+        for name, decode in decoders.items():
             start = time.perf_counter()
             decode()
-            samples.append(1000 * (time.perf_counter() - start))
-        times[name] = sorted(samples)[len(samples) // 2]
-    return times
+            samples[name].append(1000 * (time.perf_counter() - start))
+    return {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
 
 
 def write_resized_copy(loader: str, datasets: str, output: str, *flags) -> None:
