@@ -89,7 +89,7 @@ def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: 
     return counted / (time.perf_counter() - start)
 
 
-def decoding_milliseconds(dataset) -> float:
+def reading_milliseconds(dataset) -> float:
     """Median ms to read one sample's files (every category, as its loader reads them) over the first samples."""
     files = (dataset.datasets[0] if hasattr(dataset, 'datasets') else dataset).files
     times = []
@@ -127,13 +127,13 @@ def main() -> None:
             ('cityscapes_sequence_train from the 512x1024 copy',
              adaptation_dataset('cityscapes_sequence_train', (512, 1024), (192, 640)), 6),
         ]
-        print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9} {"decoding":>8}')
+        print(f'{"loader":52} {"batch":>5} {"workers":>7} {"samples/s":>9} {"ms/sample":>9} {"reading":>8}')
         for name, dataset, batch_size in cases:
-            decoding = f'{decoding_milliseconds(dataset):8.1f}'
+            reading = f'{reading_milliseconds(dataset):8.1f}'
             for workers in (0, 2):
                 rate = samples_per_second(dataset, batch_size, workers, args.samples)
                 print(f'{name:52} {batch_size:5d} {workers:7d} {rate:9.1f} {1000 / rate:9.1f} '
-                      f'{decoding if workers == 0 else "":>8}', flush=True)
+                      f'{reading if workers == 0 else "":>8}', flush=True)
         decoding = decode_milliseconds(os.path.join(root, 'cityscapes', 'color', 'validation_00000.png'))
         print('decoding one 1024x2048 PNG (ms, median): ' + ', '.join(f'{k} {v:.1f}' for k, v in decoding.items()))
 
