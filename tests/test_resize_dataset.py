@@ -114,7 +114,8 @@ def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
     assert max(found.max().item() for found in plain) <= 1
     assert max((found > 0).float().mean().item() for found in plain) < 0.02
     assert max(found.max().item() for found in jittered) <= 8
-    assert all(jitter_found.any() <= plain_found.any() for plain_found, jitter_found in zip(plain, jittered))
+    assert all(plain_found.any() or not jitter_found.any()  # equal plain images stay equal when jittered
+               for plain_found, jitter_found in zip(plain, jittered))
     resized = read_image(left.files['color'][0], 'color')  # 71x136: the crop at (0, 0) of a scale-1 box is exact
     assert np.array_equal(image, resized[:40, 8:][:, ::-1] if flip else resized[:40, :128])
 
