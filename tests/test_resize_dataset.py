@@ -69,10 +69,10 @@ def both(monkeypatch, roots, make_dataset):
     return datasets
 
 
-def level_differences(native, copied, key: str) -> list[torch.Tensor]:
-    """|copy - native| of `key` in levels, per sample and seed; labels must be equal."""
+def level_differences(native, copied, keys=('input',)) -> dict[str, list[torch.Tensor]]:
+    """|copy - native| of each of `keys` in levels, per sample and seed, in one pass; labels must be equal."""
     assert len(native) == len(copied)
-    found = []
+    found = {key: [] for key in keys}
     for index in range(len(native)):
         for seed in SEEDS:
             random.seed(seed)
@@ -81,7 +81,8 @@ def level_differences(native, copied, key: str) -> list[torch.Tensor]:
             sample = copied[index]
             if 'label' in expected:
                 assert torch.equal(sample['label'], expected['label']), (index, seed)
-            found.append((sample[key].int() - expected[key].int()).abs())
+            for key in keys:
+                found[key].append((sample[key].int() - expected[key].int()).abs())
     return found
 
 
@@ -93,8 +94,8 @@ def unjittered(monkeypatch) -> None:
 def test_training_copy_gives_the_same_samples(monkeypatch, roots):
     for loader in ('gta5_train', 'cityscapes_train'):
         native, copied = both(monkeypatch, roots, lambda name=loader: training_dataset(name, RESIZE_HW, CROP_HW))
-        for key in ('image', 'input'):
-            assert not any(found.any() for found in level_differences(native, copied, key)), (loader, key)
+        for key, differences in level_differences(native, copied, ('image', 'input')).items():
+            assert not any(found.any() for found in differences), (loader, key)
 
 
 def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
@@ -102,10 +103,10 @@ def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
     resize-then-crop that the copy gives; the 8-bit jitter chain turns such a level into a few."""
     native, copied = both(monkeypatch, roots, lambda: adaptation_dataset('cityscapes_sequence_train', RESIZE_HW,
                                                                          CROP_HW))
-    jittered = level_differences(native, copied, 'input')
+    jittered = level_differences(native, copied)['input']
     with monkeypatch.context() as patch:
         unjittered(patch)
-        plain = level_differences(native, copied, 'input')
+        plain = level_differences(native, copied)['input']
         left = copied.datasets[0]
         random.seed(0)
         flip = left.transform.draw().flip
@@ -123,7 +124,7 @@ def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
 def test_validation_copy_serves_every_size(monkeypatch, roots):
     for size in (RESIZE_HW, (32, 64)):
         native, copied = both(monkeypatch, roots, lambda hw=size: validation_dataset('cityscapes_validation', hw))
-        assert not any(found.any() for found in level_differences(native, copied, 'input'))
+        assert not any(found.any() for found in level_differences(native, copied)['input'])
         assert copied[0]['label'].shape == (128, 256)
 
 
