@@ -44,7 +44,8 @@ def main(argv=None):
         opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size, opt.adaptation_num_batches,
         (opt.adaptation_resize_height, opt.adaptation_resize_width),
         (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers, runtime.device,
-        runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets)
+        runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets,
+        pixel_work=opt.adaptation_pixel_work)
     weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
     state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
                          opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,

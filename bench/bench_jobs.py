@@ -11,8 +11,9 @@ VGG16-bn at the paper's sizes on a GPU, ResNet-18 at small sizes on a CPU.
 With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
 flags, and the speed and memory ratios are printed.
 With --train-from-copy, train.py reads the copy data_download/resize_dataset.py writes at the training resize size.
+With --adapt-on-device, adapt.py also runs with --adaptation-pixel-work device (resize and jitter on the device).
 Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--train-from-copy] [--keep DIR]
-     [--reference DIR]
+     [--reference DIR] [--adapt-on-device]
 """
 import argparse
 import os
@@ -182,6 +183,8 @@ def main() -> None:
     parser.add_argument('--train-from-copy', action='store_true',
                         help='train.py reads a copy resized by data_download/resize_dataset.py (time to write it '
                              'printed) instead of the native-size PNGs')
+    parser.add_argument('--adapt-on-device', action='store_true',
+                        help='also run adapt.py with --adaptation-pixel-work device')
     parser.add_argument('--repeats', type=int, default=3, help='repeats of the network-alone measurements')
     parser.add_argument('--keep', help='write the data and checkpoints here instead of a temporary folder')
     parser.add_argument('--reference', metavar='DIR',
@@ -221,6 +224,10 @@ def main() -> None:
         evaluate_flags = common + ['--model-name', 'evaluated', '--model-load', source,
                                    '--segmentation-eval-num-images', 0]
         adapt = run_job('adapt.py', adapt_flags, datasets, checkpoints, device=args.device)
+        if args.adapt_on_device:
+            adapt_on_device = run_job('adapt.py', adapt_flags + ['--model-name', 'adapted_on_device',
+                                                                 '--adaptation-pixel-work', 'device'],
+                                      datasets, checkpoints, device=args.device)
         evaluate = run_job('evaluate.py', evaluate_flags, datasets, checkpoints, device=args.device)
         if args.reference:  # same data, checkpoint and flags; scratch init: the checkpoint replaces ImageNet's
             reference = {
@@ -240,6 +247,8 @@ def main() -> None:
             ('evaluate', evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
             ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from '
                              f'{"the 512x1024 copy" if args.train_from_copy else "1052x1914"}')]
+    if args.adapt_on_device:
+        jobs.insert(1, ('adapt', adapt_on_device, 'the same, resize and jitter on the device'))
     if args.reference:
         jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
                  ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]

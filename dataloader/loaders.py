@@ -7,6 +7,7 @@ import cv2
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, default_collate
 
+from dataloader import device_transforms
 from dataloader.dataset import ImageDataset, read_parameters, read_split
 from dataloader.labels import label_converter
 from dataloader.resized_copy import check_resized_copy
@@ -19,6 +20,7 @@ ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
 VALIDATION_LOADERS = {'cityscapes_validation': (512, 1024), 'kitti_2015_train': (320, 1024)}
 SEGMENTATION_PURPOSES = ('segmentation',)
 ADAPTATION_PURPOSES = ('adaptation',)
+PIXEL_WORK = ('workers', 'device')  # where adaptation images are resized and jittered
 PREFETCH_BATCHES = 4  # per worker
 WORKER_NICENESS = 19  # low-priority workers (CPU runs): they decode while the network's threads do not run
 _LOADER_SEEDS = torch.Generator()  # each new loader draws the seed of its own generator here
@@ -79,12 +81,13 @@ def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, i
 
 
 def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
-                       crop_at_offsets: bool = False) -> Dataset:
+                       crop_at_offsets: bool = False, on_device: bool = False) -> Dataset:
     """Left and right camera images, concatenated; no labels.
 
     As in the reference, crop_hw is not used: kitti_kitti_train only resizes, and cityscapes_sequence_train
     resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w) at the top-left corner (quirk: the
     reference passes offsets (h*32//512, w*33//1024) but ignores them; crop_at_offsets uses them).
+    on_device: its samples leave the resize and the jitter to the device (see AdaptationTransform).
     """
     check_loader_names([name], 'adaptation')
     check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'adaptation')
@@ -93,9 +96,9 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
     if name == 'cityscapes_sequence_train':
         offset = (height * 32 // 512, width * 33 // 1024) if crop_at_offsets else (0, 0)
         transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024),
-                                        adaptation_input_size(name, resize_hw), offset)
+                                        adaptation_input_size(name, resize_hw), offset, on_device)
     else:
-        transform = AdaptationTransform(resize_hw)
+        transform = AdaptationTransform(resize_hw, on_device=on_device)
     cameras = []
     for category in ('color', 'color_right'):
         files = read_split(source.dataset, source.split, source.split_file, [category])
@@ -114,11 +117,12 @@ def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Tensors stacked (in shared memory inside workers); every other field becomes a list, one per sample."""
+    """Tensors stacked (in shared memory inside workers); every other field becomes a list, one per sample, as do
+    the native images of on-device samples ('color'), whose sizes may differ."""
     batch = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]
-        if not isinstance(values[0], torch.Tensor):
+        if not isinstance(values[0], torch.Tensor) or key == 'color':
             batch[key] = values
             continue
         shapes = {tuple(value.shape) for value in values}
@@ -261,15 +265,23 @@ def joined(loader_batches: list[dict], key: str) -> torch.Tensor:
 
 def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resize_hw: tuple[int, int],
                        crop_hw: tuple[int, int], num_workers: int, device: torch.device | str,
-                       memory_format: torch.memory_format = torch.contiguous_format, crop_at_offsets: bool = False):
+                       memory_format: torch.memory_format = torch.contiguous_format, crop_at_offsets: bool = False,
+                       pixel_work: str = 'workers'):
     """`num_batches` normalised network inputs on `device` from the adaptation loaders `names` (each cycled; one
-    batch of each, concatenated); the workers start decoding now."""
-    datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets) for name in names]
+    batch of each, concatenated); the workers start decoding now. pixel_work 'device': the workers only decode, and
+    the device resizes and jitters (device_transforms)."""
+    on_device = pixel_work == 'device'
+    datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets, on_device) for name in names]
     on_gpu = torch.device(device).type == 'cuda'
     cycling = CyclingLoaders([make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                                           on_gpu=on_gpu, samples_needed=num_batches * batch_size)
                               for dataset in datasets], num_batches).start()
-    return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
+    if not on_device:
+        return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
+    sizes = [adaptation_input_size(name, resize_hw) for name in names]
+    return (to_network_input(torch.cat([device_transforms.adaptation_images(batch, size, device)
+                                        for batch, size in zip(batches, sizes)]), device, memory_format)
+            for batches in cycling)
 
 
 def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, int], num_workers: int,

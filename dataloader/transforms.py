@@ -35,19 +35,28 @@ class Jitter:
         return Jitter(random.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS), random.uniform(1 - CONTRAST, 1 + CONTRAST),
                       random.uniform(1 - SATURATION, 1 + SATURATION), random.uniform(-HUE, HUE))
 
+    @property
+    def hue_shift(self) -> int:
+        """The shift of the 8-bit hue (torchvision adds hue * 255, truncated, with uint8 wrap-around)."""
+        return int(self.hue * 255) % 256
+
     def apply(self, image: Image.Image) -> np.ndarray:
         """The jittered RGB array: brightness, contrast, saturation with PIL, hue shift in OpenCV's HSV."""
         # torchvision's ColorJitter on PIL images is exactly these enhancers (and importing it costs seconds)
         image = ImageEnhance.Brightness(image).enhance(self.brightness)
         image = ImageEnhance.Contrast(image).enhance(self.contrast)
         image = ImageEnhance.Color(image).enhance(self.saturation)
-        rgb = np.asarray(image)
-        shift = int(self.hue * 255) % 256
-        if shift == 0:
-            return rgb
-        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)  # 8-bit hue circle, like PIL's HSV (and 20x faster)
-        hsv[..., 0] += np.uint8(shift)
-        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+        return shift_hue(np.asarray(image), self.hue_shift)
+
+
+def shift_hue(rgb: np.ndarray, shift: int) -> np.ndarray:
+    """The 8-bit hue of an RGB array shifted by `shift` (mod 256) in OpenCV's HSV: like PIL's HSV, which torchvision
+    uses, and 20x faster, but rounded differently by a level or two; a shift of 0 leaves the array as it is."""
+    if shift == 0:
+        return rgb
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] += np.uint8(shift)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
@@ -164,13 +173,16 @@ class AdaptationDraw:
 
 
 class AdaptationTransform:
-    """Flip, resize, optional crop at (top, left) of the (flipped) resized image, jitter; no labels."""
+    """Flip, resize, optional crop at (top, left) of the (flipped) resized image, jitter; no labels.
+    on_device: the sample is the native image with the region to resize and the draws; the device does the rest
+    (device_transforms.adaptation_images)."""
 
     def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None,
-                 crop_offset: tuple[int, int] = (0, 0)):
+                 crop_offset: tuple[int, int] = (0, 0), on_device: bool = False):
         self.resize_hw = resize_hw
         self.crop_hw = crop_hw
         self.crop_offset = crop_offset
+        self.on_device = on_device
 
     def draw(self) -> AdaptationDraw:
         return AdaptationDraw(random.random() < 0.5, Jitter.draw())
@@ -178,16 +190,22 @@ class AdaptationTransform:
     def __call__(self, raw: dict) -> dict:
         return self.apply(raw, self.draw())
 
-    def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
-        image = Image.fromarray(raw['color'])
+    def source_box(self, image_hw: tuple[int, int], flip: bool) -> tuple[float, float, float, float]:
+        """The region (left, top, right, bottom) of the native image that becomes the output before the flip."""
+        height, width = image_hw
         if self.crop_hw is None:
-            out = resize_color(image, self.resize_hw)
-        else:
-            (rh, rw), (ch, cw), (top, left) = self.resize_hw, self.crop_hw, self.crop_offset
-            if draw.flip:  # a crop at `left` of the flipped image is the mirrored crop of the unflipped one
-                left = rw - cw - left
-            sy, sx = image.height / rh, image.width / rw
-            out = resize_color(image, self.crop_hw, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy))
+            return 0, 0, width, height
+        (rh, rw), (ch, cw), (top, left) = self.resize_hw, self.crop_hw, self.crop_offset
+        if flip:  # a crop at `left` of the flipped image is the mirrored crop of the unflipped one
+            left = rw - cw - left
+        sy, sx = height / rh, width / rw
+        return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
+
+    def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
+        box = self.source_box(raw['color'].shape[:2], draw.flip)
+        if self.on_device:
+            return {'color': torch.from_numpy(raw['color']), 'box': box, 'flip': draw.flip, 'jitter': draw.jitter}
+        out = resize_color(Image.fromarray(raw['color']), self.crop_hw or self.resize_hw, box)
         if draw.flip:
             out = _flip(out)
         return {'input': network_input(out, draw.jitter)}

@@ -38,7 +38,8 @@ class SeedBatches:
             opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size, num_batches,
             (opt.adaptation_resize_height, opt.adaptation_resize_width),
             (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers, runtime.device,
-            runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets),
+            runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets,
+            pixel_work=opt.adaptation_pixel_work),
             desc=f'decode adaptation batches, seed {seed}', total=num_batches, leave=False))
 
 

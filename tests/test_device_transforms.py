@@ -1,0 +1,136 @@
+"""The adaptation images' resize and jitter on the device (--adaptation-pixel-work device) against PIL and
+torchvision bit for bit, and its batches against the workers' through the real loaders.
+On a GPU machine, UBNA_TEST_DEVICE=cuda runs them there (a GPU's arithmetic can round differently)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageEnhance
+
+from dataloader import device_transforms, loaders, transforms
+from dataloader.transforms import AdaptationDraw, AdaptationTransform, Jitter
+from runtime import seed_everything
+from tests.dataset_fixtures import noise_image, write_dataset
+
+RNG = np.random.default_rng(0)
+DEVICE = torch.device(os.environ.get('UBNA_TEST_DEVICE', 'cpu'))
+
+
+def on_device(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).to(DEVICE)
+
+
+def opencv_hue(image: torch.Tensor, shift: int) -> torch.Tensor:
+    """The workers' hue shift (OpenCV's HSV), for the device: with it, both give the same samples."""
+    return torch.from_numpy(transforms.shift_hue(image.cpu().numpy(), shift)).to(image.device)
+
+
+def textured(height: int, width: int) -> np.ndarray:
+    """Noise over flat patches and stripes: saturated and grey pixels, edges, smooth runs."""
+    y, x = np.mgrid[0:height, 0:width]
+    flat = np.stack([(x // 7 % 3) * 120, (y // 5 % 2) * 250, (x + y) % 256], -1)
+    return (flat * 0.8 + RNG.normal(0, 25, (height, width, 3))).clip(0, 255).astype(np.uint8)
+
+
+def pil_resize(image: np.ndarray, hw, box) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.Resampling.BILINEAR, box=box))
+
+
+@pytest.mark.parametrize('source_hw, hw, box', [
+    ((96, 200), (48, 100), None),  # halving both sides
+    ((120, 230), (40, 128), (0, 0, 216.0, 66.2)),  # a cityscapes_sequence crop: a fractional box
+    ((120, 230), (40, 128), (12.9, 0, 228.9, 66.2)),  # the same crop mirrored for a flip
+    ((258, 198), (32, 168), None),  # the height shrinks much more: Pillow 13 resamples the rows first
+    ((37, 53), (90, 120), (1.5, 2.25, 50.0, 30.5)),  # enlarging a region
+    ((64, 128), (64, 80), None),  # the rows untouched: one pass only
+])
+def test_resize_equals_pil(source_hw, hw, box):
+    image = textured(*source_hw)
+    box = box or (0, 0, source_hw[1], source_hw[0])
+    assert np.array_equal(device_transforms.resize(on_device(image), hw, box).cpu().numpy(),
+                          pil_resize(image, hw, box))
+
+
+@pytest.mark.parametrize('factor', [0.0, 0.8, 1.0, 1.17, 1.5])
+def test_brightness_contrast_and_saturation_equal_pil(factor):
+    image = textured(33, 47)
+    for ours, enhancer in ((device_transforms.brightness, ImageEnhance.Brightness),
+                           (device_transforms.contrast, ImageEnhance.Contrast),
+                           (device_transforms.saturation, ImageEnhance.Color)):
+        expected = np.asarray(enhancer(Image.fromarray(image)).enhance(factor))
+        assert np.array_equal(ours(on_device(image), factor).cpu().numpy(), expected), enhancer.__name__
+
+
+@pytest.mark.parametrize('hue', [0.0, 0.001, 0.05, -0.07, 0.1, -0.5])
+def test_hue_equals_torchvision_on_pil_images(hue):
+    image = textured(40, 64)
+    expected = np.asarray(TF.adjust_hue(Image.fromarray(image), hue))
+    shift = Jitter(hue=hue).hue_shift
+    assert np.array_equal(device_transforms.hue(on_device(image), shift).cpu().numpy(), expected)
+
+
+def test_hsv_conversions_equal_pil_for_every_colour():
+    every = np.stack(np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing='ij'), -1).reshape(4096, 4096, 3)
+    assert np.array_equal(device_transforms._to_hsv(on_device(every)).cpu().numpy(),
+                          np.asarray(Image.fromarray(every).convert('HSV')))
+    assert np.array_equal(device_transforms._to_rgb(on_device(every)).cpu().numpy(),
+                          np.asarray(Image.fromarray(every, 'HSV').convert('RGB')))
+
+
+@pytest.mark.parametrize('jitter', [Jitter(), Jitter(1.15, 0.85, 1.1, 0.07), Jitter(0.8, 1.2, 0.8, -0.1)])
+def test_jitter_equals_the_torchvision_chain_of_the_reference(jitter):
+    image = Image.fromarray(textured(48, 80))
+    expected = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(
+        TF.adjust_brightness(image, jitter.brightness), jitter.contrast), jitter.saturation), jitter.hue)
+    ours = device_transforms.jitter(on_device(np.asarray(image)), jitter)
+    assert np.array_equal(ours.cpu().numpy(), np.asarray(expected))
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_a_sample_made_on_the_device_equals_the_workers_but_for_the_hue(flip, monkeypatch):
+    transform = AdaptationTransform((113, 218), (64, 204), (7, 9))
+    draw = AdaptationDraw(flip, Jitter(1.1, 0.9, 1.2, 0.06))
+    raw = {'color': textured(150, 300)}
+    in_worker = transform.apply(raw, draw)['input']
+    sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True).apply(raw, draw)
+    assert set(sample) == {'color', 'box', 'flip', 'jitter'} and sample['color'].shape == (150, 300, 3)
+    batch = loaders.collate([sample])
+    made_on_device = device_transforms.adaptation_images(batch, (64, 204), DEVICE).cpu()
+    assert made_on_device.shape == (1, 3, 64, 204)
+    assert made_on_device.is_contiguous(memory_format=torch.channels_last)
+    difference = (made_on_device[0].int() - in_worker.int()).abs()
+    assert 0 < difference.float().mean() < 2 and difference.max() < 16  # PIL's HSV against OpenCV's: under 3 hue steps
+    monkeypatch.setattr(device_transforms, 'hue', opencv_hue)  # the workers' hue: then the samples are the same
+    assert torch.equal(device_transforms.adaptation_images(batch, (64, 204), DEVICE)[0].cpu(), in_worker)
+
+
+def write_kitti_of_mixed_sizes(root: str) -> None:
+    """KITTI's drives differ in image size (375x1242, 370x1224, ...): so do these, within a batch."""
+    rng = np.random.default_rng(1)
+    sizes = [(60, 150), (58, 146), (61, 152), (60, 150)] * 2
+    write_dataset(root, 'kitti', {category: {i: noise_image(rng, *size) for i, size in enumerate(sizes)}
+                                  for category in ('color', 'color_right')},
+                  labels='other', labels_mode='fromid', split='kitti_split')
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_device_batches_are_the_workers_batches_with_pil_s_hue(ubna_env, monkeypatch, workers):
+    write_kitti_of_mixed_sizes(ubna_env)
+    runs = {}
+    for pixel_work in loaders.PIXEL_WORK:
+        seed_everything(3)
+        runs[pixel_work] = list(loaders.adaptation_batches(
+            ['kitti_kitti_train'], 3, 5, (40, 96), (40, 96), workers, DEVICE, torch.channels_last,
+            pixel_work=pixel_work))
+    for in_workers, on_device in zip(runs['workers'], runs['device']):
+        assert on_device.shape == in_workers.shape == (3, 3, 40, 96)
+        assert on_device.is_contiguous(memory_format=torch.channels_last)
+        levels = (on_device - in_workers).abs() * 0.229 * 255
+        assert levels.mean() < 2 and levels.max() < 16
+    monkeypatch.setattr(device_transforms, 'hue', opencv_hue)
+    seed_everything(3)
+    same_hue = loaders.adaptation_batches(['kitti_kitti_train'], 3, 5, (40, 96), (40, 96), workers, DEVICE,
+                                          torch.channels_last, pixel_work='device')
+    assert all(torch.equal(a, b) for a, b in zip(same_hue, runs['workers']))  # same draws, boxes, flips, order
