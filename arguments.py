@@ -411,14 +411,25 @@ def parse_evaluation_arguments(argv=None) -> argparse.Namespace:
                   (_add_system, _add_model, _add_segmentation_validation, _add_online_adaptation), argv)
 
 
-def parse_sweep_arguments(argv=None) -> argparse.Namespace:
-    """adapt.py's flags, evaluate.py's too, and the sweep's lists (which replace their single-valued twins)."""
+def _sweep_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The sweep's parser, and the defaults of the single-valued twins of its lists (set to None: not given)."""
     parser = _parser('sweep', 'Adapt and evaluate over the cross product of methods, settings and seeds; tabulate '
                               'the mean and standard deviation over the seeds.',
                      (_add_system, _add_model, _add_segmentation_validation, _add_training, _add_adaptation,
                       _add_online_adaptation, _add_sweep))
     twins = {_dest(twin): parser.get_default(_dest(twin)) for twin, _, _ in _SWEEP_LISTS.values()}
-    parser.set_defaults(model_name='sweep', online_method=None, **dict.fromkeys(twins))  # None: not given
+    parser.set_defaults(model_name='sweep', online_method=None, **dict.fromkeys(twins))
+    return parser, twins
+
+
+def sweep_defaults() -> dict:
+    """Every sweep option's default value, by its name in the parsed options."""
+    return vars(_sweep_parser()[0].parse_args([]))
+
+
+def parse_sweep_arguments(argv=None) -> argparse.Namespace:
+    """adapt.py's flags, evaluate.py's too, and the sweep's lists (which replace their single-valued twins)."""
+    parser, twins = _sweep_parser()
     opt = parser.parse_args(argv)
     _resolve_sweep_lists(parser, opt, twins)
     _check_sweep_online(parser, opt)

@@ -18,12 +18,13 @@ IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
 
 
-def claim_folder(folder: str, options: dict) -> None:
-    """Refuse a folder whose runs were made with other settings than `options` (the lists aside); record them."""
+def claim_folder(folder: str, options: dict, defaults: dict) -> None:
+    """Refuse a folder whose runs were made with other settings than `options` (the lists aside); record them.
+    An option that its sweep.json lacks came to the tool after those runs, which had its value in `defaults`."""
     path = os.path.join(folder, COMMAND_FILE)
     if os.path.isfile(path):
         with open(path) as file:
-            previous = json.load(file)
+            previous = {**defaults, **json.load(file)}
         for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS)):
             if previous.get(key) != options.get(key):
                 raise UserError(f'the sweep folder {folder} holds runs made with --{key.replace("_", "-")} '

@@ -5,7 +5,7 @@ import time
 
 from tqdm import tqdm
 
-from arguments import encoder_depth, online_settings_of
+from arguments import encoder_depth, online_settings_of, sweep_defaults
 from dataloader import loaders
 from dataloader.loaders import StartedLoader
 from experiment_lock import lock_experiment
@@ -126,7 +126,7 @@ def run_sweep(opt) -> str:
     lock_experiment(folder)
     rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
     table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
-    records.claim_folder(folder, vars(opt))
+    records.claim_folder(folder, vars(opt), sweep_defaults())
     runs = sweep_runs(opt.methods, opt.num_batches, opt.alpha_batch, opt.alpha_layer, opt.seeds)
     finished = table.finished()
     pending = [run for run in runs if run.key not in finished]

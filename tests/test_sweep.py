@@ -12,7 +12,7 @@ import torch
 
 from errors import UserError, run_cli
 import sweep
-from arguments import parse_adaptation_arguments, parse_sweep_arguments, run_seed
+from arguments import parse_adaptation_arguments, parse_sweep_arguments, run_seed, sweep_defaults
 from sweeps import records
 from tests.conftest import REPO, run_script
 
@@ -154,15 +154,27 @@ def test_rerun_skips_finished_runs_refills_a_deleted_row_and_refuses_another_com
 
 def test_a_folder_takes_other_lists_but_not_other_settings_nor_a_job_folder(tmp_path):
     options = vars(parse_sweep_arguments(['--model-load', 'a/b', '--seeds', '1,2']))
-    records.claim_folder(str(tmp_path), options)
-    records.claim_folder(str(tmp_path), {**options, 'seeds': [1, 2, 3], 'num_batches': [1, 50]})  # more runs
+    defaults = sweep_defaults()
+    records.claim_folder(str(tmp_path), options, defaults)
+    records.claim_folder(str(tmp_path), {**options, 'seeds': [1, 2, 3], 'num_batches': [1, 50]}, defaults)  # more runs
     with pytest.raises(UserError, match="--model-load 'a/b', not 'a/c'"):
-        records.claim_folder(str(tmp_path), {**options, 'model_load': 'a/c'})
+        records.claim_folder(str(tmp_path), {**options, 'model_load': 'a/c'}, defaults)
     job = tmp_path / 'job'
     job.mkdir()
     (job / 'opt.json').write_text('{}')
     with pytest.raises(UserError, match='holds opt.json but no sweep.json'):
-        records.claim_folder(str(job), options)
+        records.claim_folder(str(job), options, defaults)
+
+
+def test_a_folder_recorded_before_an_option_existed_takes_that_option_at_its_default(tmp_path):
+    options = vars(parse_sweep_arguments(['--model-load', 'a/b']))
+    recorded = {key: value for key, value in options.items() if key != 'adaptation_pixel_work'}
+    (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))  # a sweep made before the option existed
+    records.claim_folder(str(tmp_path), options, sweep_defaults())
+    assert json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work'] == 'workers'
+    (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(UserError, match="--adaptation-pixel-work 'workers', not 'device'"):
+        records.claim_folder(str(tmp_path), {**options, 'adaptation_pixel_work': 'device'}, sweep_defaults())
 
 
 @pytest.mark.parametrize('argv, message', [
