@@ -1,6 +1,7 @@
 """The named loaders of spec §4 (`--*-loaders` values), batching, and combining several loaders."""
 import functools
 import os
+import random
 from dataclasses import dataclass
 
 import cv2
@@ -173,9 +174,22 @@ def _start_shared_memory_manager() -> None:
         os.close(devnull)
 
 
+def _unchanged(sample: dict) -> dict:
+    return sample
+
+
+def _loader_seed() -> int:
+    """The seed of the next generator a loader makes for itself (see seed_loaders)."""
+    return int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
-                on_gpu: bool, sampler=None, samples_needed: int | None = None) -> DataLoader:
+                on_gpu: bool, sampler=None, samples_needed: int | None = None,
+                single_samples: bool = False) -> DataLoader:
     """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling.
+    single_samples (shuffled): it yields the samples one by one, which its caller batches (see DeviceBatches), in
+    an order from a generator of its own, the same for any number of workers (the loader's generator also draws the
+    workers' base seed, once with persistent workers, once per pass without workers).
     on_gpu: the batches feed a network on a GPU, so they are pinned. Otherwise the network's threads share the
     CPU with the workers, which then run at low priority: they decode in the network's gaps, while at equal
     priority a worker that takes a core stalls every thread of a layer at its barrier (2 cores: adaptation 1.12x
@@ -192,12 +206,14 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
     workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES,
                'worker_init_fn': functools.partial(_init_worker, not on_gpu)}
-    generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS)))
-    if samples_needed is not None and shuffle and sampler is None:
-        sampler = RandomSampler(dataset, num_samples=min(samples_needed, len(dataset)), generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, pin_memory=on_gpu, drop_last=drop_last, collate_fn=collate,
-                      generator=generator, **(workers if num_workers > 0 else {}))
+    generator = torch.Generator().manual_seed(_loader_seed())
+    if shuffle and sampler is None and (samples_needed is not None or single_samples):
+        order = torch.Generator().manual_seed(_loader_seed()) if single_samples else generator
+        sampler = RandomSampler(dataset, num_samples=min(samples_needed or len(dataset), len(dataset)), generator=order)
+    batching = {'batch_size': None, 'collate_fn': _unchanged} if single_samples else \
+        {'batch_size': batch_size, 'drop_last': drop_last, 'collate_fn': collate}
+    return DataLoader(dataset, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
+                      pin_memory=on_gpu, generator=generator, **batching, **(workers if num_workers > 0 else {}))
 
 
 class StartedLoader:
@@ -213,6 +229,39 @@ class StartedLoader:
     def __iter__(self):
         first_pass, self._first_pass = self._first_pass, None
         return first_pass if first_pass is not None else iter(self.loader)
+
+
+class DeviceBatches:
+    """Batches for the device's pixel work (device_transforms.adaptation_images) from a loader of single decoded
+    samples. The workers decode the samples of a batch at once, so the first batch comes after one decode instead
+    of batch_size in one worker; the main process draws each sample's flip and jitter in the samples' order, from a
+    generator of its own, so the batches are the same for any number of workers."""
+
+    def __init__(self, loader: DataLoader, batch_size: int, transform: AdaptationTransform):
+        self.loader = loader
+        self.batch_size = batch_size
+        self.transform = transform
+        self.draws = random.Random(_loader_seed())
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader) // self.batch_size
+
+    def __iter__(self):
+        return self._batches(iter(self.loader))  # the workers start on this pass now
+
+    def _batches(self, samples):
+        batch = []
+        for sample in samples:
+            draw = self.transform.draw(self.draws)
+            batch.append({**sample, 'box': self.transform.source_box(sample['color'].shape[:2], draw.flip),
+                          'flip': draw.flip, 'jitter': draw.jitter})
+            if len(batch) == self.batch_size:  # the rest of a pass is dropped, as drop_last does
+                yield collate(batch)
+                batch = []
 
 
 class CyclingLoaders:
@@ -273,9 +322,12 @@ def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resi
     on_device = pixel_work == 'device'
     datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets, on_device) for name in names]
     on_gpu = torch.device(device).type == 'cuda'
-    cycling = CyclingLoaders([make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                                          on_gpu=on_gpu, samples_needed=num_batches * batch_size)
-                              for dataset in datasets], num_batches).start()
+    batch_loaders = []
+    for dataset in datasets:
+        loader = make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                             on_gpu=on_gpu, samples_needed=num_batches * batch_size, single_samples=on_device)
+        batch_loaders.append(DeviceBatches(loader, batch_size, dataset.datasets[0].transform) if on_device else loader)
+    cycling = CyclingLoaders(batch_loaders, num_batches).start()
     if not on_device:
         return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
     sizes = [adaptation_input_size(name, resize_hw) for name in names]

@@ -31,9 +31,9 @@ class Jitter:
     hue: float = 0.0
 
     @staticmethod
-    def draw() -> 'Jitter':
-        return Jitter(random.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS), random.uniform(1 - CONTRAST, 1 + CONTRAST),
-                      random.uniform(1 - SATURATION, 1 + SATURATION), random.uniform(-HUE, HUE))
+    def draw(rng=random) -> 'Jitter':
+        return Jitter(rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS), rng.uniform(1 - CONTRAST, 1 + CONTRAST),
+                      rng.uniform(1 - SATURATION, 1 + SATURATION), rng.uniform(-HUE, HUE))
 
     @property
     def hue_shift(self) -> int:
@@ -174,8 +174,8 @@ class AdaptationDraw:
 
 class AdaptationTransform:
     """Flip, resize, optional crop at (top, left) of the (flipped) resized image, jitter; no labels.
-    on_device: the sample is the native image with the region to resize and the draws; the device does the rest
-    (device_transforms.adaptation_images)."""
+    on_device: the sample is the native image; the main process draws (loaders.DeviceBatches) and the device resizes
+    and jitters (device_transforms.adaptation_images)."""
 
     def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None,
                  crop_offset: tuple[int, int] = (0, 0), on_device: bool = False):
@@ -184,10 +184,12 @@ class AdaptationTransform:
         self.crop_offset = crop_offset
         self.on_device = on_device
 
-    def draw(self) -> AdaptationDraw:
-        return AdaptationDraw(random.random() < 0.5, Jitter.draw())
+    def draw(self, rng=random) -> AdaptationDraw:
+        return AdaptationDraw(rng.random() < 0.5, Jitter.draw(rng))
 
     def __call__(self, raw: dict) -> dict:
+        if self.on_device:
+            return {'color': torch.from_numpy(raw['color'])}
         return self.apply(raw, self.draw())
 
     def source_box(self, image_hw: tuple[int, int], flip: bool) -> tuple[float, float, float, float]:
@@ -203,8 +205,6 @@ class AdaptationTransform:
 
     def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
         box = self.source_box(raw['color'].shape[:2], draw.flip)
-        if self.on_device:
-            return {'color': torch.from_numpy(raw['color']), 'box': box, 'flip': draw.flip, 'jitter': draw.jitter}
         out = resize_color(Image.fromarray(raw['color']), self.crop_hw or self.resize_hw, box)
         if draw.flip:
             out = _flip(out)

@@ -79,13 +79,17 @@ def test_hsv_conversions_equal_pil_for_every_colour():
                           np.asarray(Image.fromarray(every, 'HSV').convert('RGB')))
 
 
+def torchvision_jitter(image: Image.Image, jitter: Jitter) -> Image.Image:
+    """The reference's colour jitter: torchvision's functions on PIL images, in its fixed order."""
+    return TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(
+        TF.adjust_brightness(image, jitter.brightness), jitter.contrast), jitter.saturation), jitter.hue)
+
+
 @pytest.mark.parametrize('jitter', [Jitter(), Jitter(1.15, 0.85, 1.1, 0.07), Jitter(0.8, 1.2, 0.8, -0.1)])
 def test_jitter_equals_the_torchvision_chain_of_the_reference(jitter):
     image = Image.fromarray(textured(48, 80))
-    expected = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(
-        TF.adjust_brightness(image, jitter.brightness), jitter.contrast), jitter.saturation), jitter.hue)
     ours = device_transforms.jitter(on_device(np.asarray(image)), jitter)
-    assert np.array_equal(ours.cpu().numpy(), np.asarray(expected))
+    assert np.array_equal(ours.cpu().numpy(), np.asarray(torchvision_jitter(image, jitter)))
 
 
 @pytest.mark.parametrize('flip', [False, True])
@@ -94,9 +98,10 @@ def test_a_sample_made_on_the_device_equals_the_workers_but_for_the_hue(flip, mo
     draw = AdaptationDraw(flip, Jitter(1.1, 0.9, 1.2, 0.06))
     raw = {'color': textured(150, 300)}
     in_worker = transform.apply(raw, draw)['input']
-    sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True).apply(raw, draw)
-    assert set(sample) == {'color', 'box', 'flip', 'jitter'} and sample['color'].shape == (150, 300, 3)
-    batch = loaders.collate([sample])
+    sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True)(raw)
+    assert set(sample) == {'color'} and sample['color'].shape == (150, 300, 3)  # the worker only decodes
+    batch = loaders.collate([{**sample, 'box': transform.source_box((150, 300), flip), 'flip': flip,
+                              'jitter': draw.jitter}])
     made_on_device = device_transforms.adaptation_images(batch, (64, 204), DEVICE).cpu()
     assert made_on_device.shape == (1, 3, 64, 204)
     assert made_on_device.is_contiguous(memory_format=torch.channels_last)
@@ -115,22 +120,40 @@ def write_kitti_of_mixed_sizes(root: str) -> None:
                   labels='other', labels_mode='fromid', split='kitti_split')
 
 
+def kitti_batches(workers: int) -> loaders.DeviceBatches:
+    dataset = loaders.adaptation_dataset('kitti_kitti_train', (40, 96), (40, 96), on_device=True)
+    loader = loaders.make_loader(dataset, 3, True, True, workers, DEVICE.type == 'cuda', samples_needed=12,
+                                 single_samples=True)
+    return loaders.DeviceBatches(loader, 3, dataset.datasets[0].transform)
+
+
 @pytest.mark.parametrize('workers', [0, 2])
-def test_device_batches_are_the_workers_batches_with_pil_s_hue(ubna_env, monkeypatch, workers):
+def test_device_batches_are_pil_and_torchvision_on_their_draws(ubna_env, workers):
     write_kitti_of_mixed_sizes(ubna_env)
-    runs = {}
-    for pixel_work in loaders.PIXEL_WORK:
-        seed_everything(3)
-        runs[pixel_work] = list(loaders.adaptation_batches(
-            ['kitti_kitti_train'], 3, 5, (40, 96), (40, 96), workers, DEVICE, torch.channels_last,
-            pixel_work=pixel_work))
-    for in_workers, on_device in zip(runs['workers'], runs['device']):
-        assert on_device.shape == in_workers.shape == (3, 3, 40, 96)
-        assert on_device.is_contiguous(memory_format=torch.channels_last)
-        levels = (on_device - in_workers).abs() * 0.229 * 255
-        assert levels.mean() < 2 and levels.max() < 16
-    monkeypatch.setattr(device_transforms, 'hue', opencv_hue)
     seed_everything(3)
-    same_hue = loaders.adaptation_batches(['kitti_kitti_train'], 3, 5, (40, 96), (40, 96), workers, DEVICE,
-                                          torch.channels_last, pixel_work='device')
-    assert all(torch.equal(a, b) for a, b in zip(same_hue, runs['workers']))  # same draws, boxes, flips, order
+    batches = kitti_batches(workers)
+    seen_sizes = set()
+    for batch in batches:
+        images = device_transforms.adaptation_images(batch, (40, 96), DEVICE).cpu()
+        for image, color, box, flip, jitter in zip(images, batch['color'], batch['box'], batch['flip'],
+                                                   batch['jitter']):
+            expected = Image.fromarray(color.numpy()).resize((96, 40), Image.Resampling.BILINEAR, box=box)
+            if flip:
+                expected = expected.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(torchvision_jitter(expected, jitter)))
+            seen_sizes.add(tuple(color.shape))
+    assert len(seen_sizes) > 1 and len(batches) == 4
+
+
+def test_device_batches_do_not_depend_on_the_worker_count_over_several_passes(ubna_env):
+    write_kitti_of_mixed_sizes(ubna_env)
+    runs = []
+    for workers in (0, 2):
+        seed_everything(3)
+        runs.append(list(loaders.adaptation_batches(['kitti_kitti_train'], 3, 12, (40, 96), (40, 96), workers, DEVICE,
+                                                    torch.channels_last, pixel_work='device')))  # 36 of 16 samples
+    assert all(batch.is_contiguous(memory_format=torch.channels_last) for batch in runs[0])
+    assert len(runs[0]) == 12 and all(torch.equal(a, b) for a, b in zip(*runs))
+    seed_everything(4)
+    assert not torch.equal(next(iter(loaders.adaptation_batches(
+        ['kitti_kitti_train'], 3, 12, (40, 96), (40, 96), 0, DEVICE, pixel_work='device'))), runs[0][0])
