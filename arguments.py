@@ -353,13 +353,18 @@ def _check(parser, opt, job: str) -> None:
         for flag in ('--adaptation-training-batch-size', '--adaptation-resize-height', '--adaptation-resize-width',
                      '--adaptation-crop-height', '--adaptation-crop-width', '--adaptation-xlsx-frequency'):
             positive(flag)
+        sizes = {}
         for name in _split(opt.adaptation_training_loaders):
-            height, width = loaders.adaptation_input_size(
+            height, width = sizes[name] = loaders.adaptation_input_size(
                 name, (opt.adaptation_resize_height, opt.adaptation_resize_width))
             if min(height, width) < 64 or height % 32 or width % 32:
                 parser.error(f'--adaptation-resize-height/-width {opt.adaptation_resize_height}x'
                              f'{opt.adaptation_resize_width} give {name} network inputs of {height}x{width}, '
                              f'which must be multiples of 32 and at least 64')
+        if len(set(sizes.values())) > 1:
+            parser.error(f'--adaptation-training-loaders {opt.adaptation_training_loaders} give network inputs of '
+                         f'{" and ".join(f"{h}x{w} ({name})" for name, (h, w) in sizes.items())}; their batches are '
+                         f'joined into one, so adapt on loaders of one input size')
         if not 0 < opt.adaptation_batchnorm_momentum <= 1:
             parser.error(f'--adaptation-batchnorm-momentum must be in (0, 1], got {opt.adaptation_batchnorm_momentum}')
     if job == 'adapt':  # a sweep checks its lists of these settings instead

@@ -53,6 +53,10 @@ def test_evaluation_accepts_only_its_groups_and_needs_model_load(capsys):
                                   '--adaptation-resize-height', '200', '--adaptation-resize-width', '512'],
      'give cityscapes_sequence_train network inputs of 125x512'),
     (parse_adaptation_arguments, ['--adaptation-resize-height', '100'], 'network inputs of 100x640'),
+    (parse_adaptation_arguments, ['--adaptation-training-loaders', 'kitti_kitti_train,cityscapes_sequence_train',
+                                  '--adaptation-resize-height', '512', '--adaptation-resize-width', '1024'],
+     'give network inputs of 512x1024 (kitti_kitti_train) and 320x1024 (cityscapes_sequence_train); their batches '
+     'are joined into one'),
     (parse_training_arguments, ['--segmentation-crop-width', '2048'], 'must not exceed'),
     (parse_training_arguments, ['--segmentation-training-batch-size', '0'],
      '--segmentation-training-batch-size must be at least 1, got 0'),
