@@ -1,10 +1,10 @@
 """The adaptation samples' per-pixel work on the device (--adaptation-pixel-work device): PIL's antialiased bilinear
 resize and the colour jitter, computed as PIL computes them, in the same integer and float steps.
 
-The workers then only decode; they send the native image with the parameters they drew (the same draws, from the
-same streams, as when they transform it themselves). The resize, brightness, contrast and saturation equal the
-workers' PIL results bit for bit. The hue shift is PIL's HSV round trip, which the reference's torchvision computes;
-the workers compute it in OpenCV's HSV instead (faster on a CPU), which rounds differently by a level or two.
+The workers then only decode, and the main process draws each sample's flip and jitter (loaders.DeviceBatches).
+The resize, brightness, contrast and saturation equal PIL's (and so the workers') results bit for bit. The hue shift
+is PIL's HSV round trip, which the reference's torchvision computes; the workers compute it in OpenCV's HSV instead
+(faster on a CPU), which rounds differently by a level or two.
 """
 from functools import lru_cache
 
@@ -42,6 +42,7 @@ def _resample_table(in_size: int, out_size: int, start: float, end: float) -> tu
 
 @lru_cache(maxsize=256)
 def _device_table(in_size: int, out_size: int, start: float, end: float, device: torch.device):
+    """_resample_table on `device`, computed and copied once per size and box (a copy waits for the GPU's queue)."""
     indices, weights = _resample_table(in_size, out_size, start, end)
     return torch.from_numpy(indices).to(device), torch.from_numpy(weights).to(device)
 
