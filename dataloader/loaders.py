@@ -118,12 +118,11 @@ def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Tensors stacked (in shared memory inside workers); every other field becomes a list, one per sample, as do
-    the native images of on-device samples ('color'), whose sizes may differ."""
+    """Tensors stacked (in shared memory inside workers); every other field becomes a list, one per sample."""
     batch = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]
-        if not isinstance(values[0], torch.Tensor) or key == 'color':
+        if not isinstance(values[0], torch.Tensor):
             batch[key] = values
             continue
         shapes = {tuple(value.shape) for value in values}
@@ -235,7 +234,8 @@ class DeviceBatches:
     """Batches for the device's pixel work (device_transforms.adaptation_images) from a loader of single decoded
     samples. The workers decode the samples of a batch at once, so the first batch comes after one decode instead
     of batch_size in one worker; the main process draws each sample's flip and jitter in the samples' order, from a
-    generator of its own, so the batches are the same for any number of workers."""
+    generator of its own, so the batches are the same for any number of workers. A batch holds a list per field:
+    its native images may differ in size, and the device transforms each on its own."""
 
     def __init__(self, loader: DataLoader, batch_size: int, transform: AdaptationTransform):
         self.loader = loader
@@ -260,7 +260,7 @@ class DeviceBatches:
             batch.append({**sample, 'box': self.transform.source_box(sample['color'].shape[:2], draw.flip),
                           'flip': draw.flip, 'jitter': draw.jitter})
             if len(batch) == self.batch_size:  # the rest of a pass is dropped, as drop_last does
-                yield collate(batch)
+                yield {key: [sample[key] for sample in batch] for key in batch[0]}
                 batch = []
 
 

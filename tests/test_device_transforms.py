@@ -100,8 +100,8 @@ def test_a_sample_made_on_the_device_equals_the_workers_but_for_the_hue(flip, mo
     in_worker = transform.apply(raw, draw)['input']
     sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True)(raw)
     assert set(sample) == {'color'} and sample['color'].shape == (150, 300, 3)  # the worker only decodes
-    batch = loaders.collate([{**sample, 'box': transform.source_box((150, 300), flip), 'flip': flip,
-                              'jitter': draw.jitter}])
+    batch = {'color': [sample['color']], 'box': [transform.source_box((150, 300), flip)], 'flip': [flip],
+             'jitter': [draw.jitter]}
     made_on_device = device_transforms.adaptation_images(batch, (64, 204), DEVICE).cpu()
     assert made_on_device.shape == (1, 3, 64, 204)
     assert made_on_device.is_contiguous(memory_format=torch.channels_last)
