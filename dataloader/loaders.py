@@ -231,16 +231,19 @@ class StartedLoader:
 
 
 class DeviceBatches:
-    """Batches for the device's pixel work (device_transforms.adaptation_images) from a loader of single decoded
-    samples. The workers decode the samples of a batch at once, so the first batch comes after one decode instead
-    of batch_size in one worker; the main process draws each sample's flip and jitter in the samples' order, from a
-    generator of its own, so the batches are the same for any number of workers. A batch holds a list per field:
-    its native images may differ in size, and the device transforms each on its own."""
+    """Batches made on the device (device_transforms.adaptation_images) from a loader of single decoded samples.
+    The workers decode the samples of a batch at once, so the first batch comes after one decode instead of
+    batch_size in one worker; the main process draws each sample's flip and jitter in the samples' order, from a
+    generator of its own, so the batches are the same for any number of workers. A batch holds a list per field (its
+    native images may differ in size, and the device transforms each on its own) and 'input', its images as the
+    workers' batches hold them, but on the device."""
 
-    def __init__(self, loader: DataLoader, batch_size: int, transform: AdaptationTransform):
+    def __init__(self, loader: DataLoader, batch_size: int, transform: AdaptationTransform,
+                 device: torch.device | str):
         self.loader = loader
         self.batch_size = batch_size
         self.transform = transform
+        self.device = torch.device(device)
         self.draws = random.Random(_loader_seed())
 
     @property
@@ -260,7 +263,9 @@ class DeviceBatches:
             batch.append({**sample, 'box': self.transform.source_box(sample['color'].shape[:2], draw.flip),
                           'flip': draw.flip, 'jitter': draw.jitter})
             if len(batch) == self.batch_size:  # the rest of a pass is dropped, as drop_last does
-                yield {key: [sample[key] for sample in batch] for key in batch[0]}
+                fields = {key: [sample[key] for sample in batch] for key in batch[0]}
+                yield {**fields, 'input': device_transforms.adaptation_images(fields, self.transform.output_hw,
+                                                                               self.device)}
                 batch = []
 
 
@@ -307,7 +312,7 @@ class CyclingLoaders:
 
 def joined(loader_batches: list[dict], key: str) -> torch.Tensor:
     """`key` of one CyclingLoaders item: one loader's tensor as it came (pinned, it is copied to the GPU
-    asynchronously), several loaders' concatenated."""
+    asynchronously; made on the device by DeviceBatches), several loaders' concatenated."""
     tensors = [batch[key] for batch in loader_batches]
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
@@ -326,14 +331,10 @@ def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resi
     for dataset in datasets:
         loader = make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                              on_gpu=on_gpu, samples_needed=num_batches * batch_size, single_samples=on_device)
-        batch_loaders.append(DeviceBatches(loader, batch_size, dataset.datasets[0].transform) if on_device else loader)
+        batch_loaders.append(DeviceBatches(loader, batch_size, dataset.datasets[0].transform, device) if on_device
+                             else loader)
     cycling = CyclingLoaders(batch_loaders, num_batches).start()
-    if not on_device:
-        return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
-    sizes = [adaptation_input_size(name, resize_hw) for name in names]
-    return (to_network_input(torch.cat([device_transforms.adaptation_images(batch, size, device)
-                                        for batch, size in zip(batches, sizes)]), device, memory_format)
-            for batches in cycling)
+    return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
 
 
 def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, int], num_workers: int,

@@ -184,6 +184,11 @@ class AdaptationTransform:
         self.crop_offset = crop_offset
         self.on_device = on_device
 
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """The (height, width) of its samples: the crop's when it crops, else the resize's."""
+        return self.crop_hw or self.resize_hw
+
     def draw(self, rng=random) -> AdaptationDraw:
         return AdaptationDraw(rng.random() < 0.5, Jitter.draw(rng))
 
@@ -205,7 +210,7 @@ class AdaptationTransform:
 
     def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
         box = self.source_box(raw['color'].shape[:2], draw.flip)
-        out = resize_color(Image.fromarray(raw['color']), self.crop_hw or self.resize_hw, box)
+        out = resize_color(Image.fromarray(raw['color']), self.output_hw, box)
         if draw.flip:
             out = _flip(out)
         return {'input': network_input(out, draw.jitter)}
