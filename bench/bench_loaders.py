@@ -91,7 +91,7 @@ def samples_per_second(dataset, batch_size: int, num_workers: int, num_samples: 
 
 def reading_milliseconds(dataset) -> float:
     """Median ms to read one sample's files (every category, as its loader reads them) over the first samples."""
-    files = (dataset.datasets[0] if hasattr(dataset, 'datasets') else dataset).files
+    files = dataset.files
     times = []
     for index in range(FILES_PER_CATEGORY):
         start = time.perf_counter()

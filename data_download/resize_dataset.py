@@ -25,7 +25,6 @@ from multiprocessing import Pool
 import cv2
 import numpy as np
 from PIL import Image
-from torch.utils.data import ConcatDataset
 from tqdm import tqdm
 
 if __package__ in (None, ''):  # run as a script: make the repository root importable
@@ -99,14 +98,12 @@ def relative(path: str, source_root: str) -> str:
 def copy_plan(loader: str, kind: str, resize_hw: tuple[int, int] | None, source_root: str) -> CopyPlan:
     """The files a loader reads and how each is written, from the loader's dataset built on the source."""
     dataset = loader_dataset(loader, kind, resize_hw)
-    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
     tasks = {}
-    written_hw = None if kind == 'validation' else parts[0].transform.resize_hw
-    for part in parts:
-        for category, paths in part.files.items():
-            mode = 'copy' if written_hw is None else 'label' if category == LABEL_CATEGORY else 'color'
-            for path in map(partial(relative, source_root=source_root), paths):
-                tasks[path] = FileTask(path, mode, written_hw)
+    written_hw = None if kind == 'validation' else dataset.transform.resize_hw
+    for category, paths in dataset.files.items():
+        mode = 'copy' if written_hw is None else 'label' if category == LABEL_CATEGORY else 'color'
+        for path in map(partial(relative, source_root=source_root), paths):
+            tasks[path] = FileTask(path, mode, written_hw)
     source = _SOURCES[loader]
     json_paths = [os.path.join(source_root, source.dataset, name) for name in ('parameters.json', 'basic_files.json')]
     json_paths.append(split_path(source.dataset, source.split, source.split_file))

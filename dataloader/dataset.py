@@ -179,7 +179,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(next(iter(self.files.values())))
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, object]) -> dict:
+        """The sample at an index; given (index, draw), the transform applies the random parameters `draw` (drawn by
+        the main process: loaders.DrawingSampler) instead of drawing its own."""
+        index, draw = item if isinstance(item, tuple) else (item, None)
         paths = {category: paths[index] for category, paths in self.files.items()}
         raw = {category: read_image(path, category, index) for category, path in paths.items()}
         mismatch = _size_mismatch(raw, paths)
@@ -189,7 +192,7 @@ class ImageDataset(Dataset):
             print(f'warning: {mismatch}; both are resized to the training size, as in the reference',
                   file=sys.stderr)
         try:
-            sample = self.transform(raw)
+            sample = self.transform(raw) if draw is None else self.transform.apply(raw, draw)
         except UserError as exc:
             raise UserError(f"{exc} (sample {', '.join(paths.values())})") from None
         sample['domain'] = self.domain

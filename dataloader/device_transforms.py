@@ -1,7 +1,7 @@
 """The adaptation samples' per-pixel work on the device (--adaptation-pixel-work device): PIL's antialiased bilinear
 resize and the colour jitter, computed as PIL computes them, in the same integer and float steps.
 
-The workers then only decode, and the main process draws each sample's flip and jitter (loaders.DeviceBatches).
+The workers then only decode, and the main process draws each sample's flip and jitter (loaders.DrawingSampler).
 The resize, brightness, contrast and saturation equal PIL's (and so the workers') results bit for bit. The hue shift
 is PIL's HSV round trip, which the reference's torchvision computes; the workers compute it in OpenCV's HSV instead
 (faster on a CPU), which rounds differently by a level or two.

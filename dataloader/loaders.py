@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import cv2
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 from dataloader import device_transforms
 from dataloader.dataset import ImageDataset, read_parameters, read_split
@@ -83,7 +83,7 @@ def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, i
 
 def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
                        crop_at_offsets: bool = False, on_device: bool = False) -> Dataset:
-    """Left and right camera images, concatenated; no labels.
+    """Left and right camera images, the right ones after the left ones; no labels.
 
     As in the reference, crop_hw is not used: kitti_kitti_train only resizes, and cityscapes_sequence_train
     resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w) at the top-left corner (quirk: the
@@ -100,11 +100,9 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
                                         adaptation_input_size(name, resize_hw), offset, on_device)
     else:
         transform = AdaptationTransform(resize_hw, on_device=on_device)
-    cameras = []
-    for category in ('color', 'color_right'):
-        files = read_split(source.dataset, source.split, source.split_file, [category])
-        cameras.append(ImageDataset({'color': files[category]}, transform, source.dataset, ADAPTATION_PURPOSES))
-    return ConcatDataset(cameras)
+    files = read_split(source.dataset, source.split, source.split_file, ['color', 'color_right'])
+    return ImageDataset({'color': files['color'] + files['color_right']}, transform, source.dataset,
+                        ADAPTATION_PURPOSES)
 
 
 def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
@@ -182,13 +180,31 @@ def _loader_seed() -> int:
     return int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS))
 
 
+class DrawingSampler(Sampler):
+    """(index, draw) for each index of an order: the main process draws the transform's random parameters, sample by
+    sample in the order's sequence, from a generator of its own, so no sample depends on the worker that makes it."""
+
+    def __init__(self, order: Sampler, transform, seed: int):
+        self.order = order
+        self.transform = transform
+        self.draws = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for index in self.order:
+            yield index, self.transform.draw(self.draws)
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
-                on_gpu: bool, sampler=None, samples_needed: int | None = None,
+                on_gpu: bool, sampler=None, samples_needed: int | None = None, drawing=None,
                 single_samples: bool = False) -> DataLoader:
     """A DataLoader with our collate; a given sampler (e.g. distributed) replaces shuffling.
-    single_samples (shuffled): it yields the samples one by one, which its caller batches (see DeviceBatches), in
-    an order from a generator of its own, the same for any number of workers (the loader's generator also draws the
-    workers' base seed, once with persistent workers, once per pass without workers).
+    drawing (shuffled): the dataset's transform, whose random parameters the main process draws (DrawingSampler), in
+    an order from a generator of its own: samples and order are the same for any number of workers (the loader's
+    generator also draws the workers' base seed, once with persistent workers, once per pass without workers).
+    single_samples: it yields the samples one by one, which its caller batches (see DeviceBatches).
     on_gpu: the batches feed a network on a GPU, so they are pinned. Otherwise the network's threads share the
     CPU with the workers, which then run at low priority: they decode in the network's gaps, while at equal
     priority a worker that takes a core stalls every thread of a layer at its barrier (2 cores: adaptation 1.12x
@@ -206,9 +222,11 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
     workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES,
                'worker_init_fn': functools.partial(_init_worker, not on_gpu)}
     generator = torch.Generator().manual_seed(_loader_seed())
-    if shuffle and sampler is None and (samples_needed is not None or single_samples):
-        order = torch.Generator().manual_seed(_loader_seed()) if single_samples else generator
+    if shuffle and sampler is None and (samples_needed is not None or drawing is not None):
+        order = torch.Generator().manual_seed(_loader_seed()) if drawing is not None else generator
         sampler = RandomSampler(dataset, num_samples=min(samples_needed or len(dataset), len(dataset)), generator=order)
+        if drawing is not None:
+            sampler = DrawingSampler(sampler, drawing, _loader_seed())
     batching = {'batch_size': None, 'collate_fn': _unchanged} if single_samples else \
         {'batch_size': batch_size, 'drop_last': drop_last, 'collate_fn': collate}
     return DataLoader(dataset, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
@@ -231,12 +249,11 @@ class StartedLoader:
 
 
 class DeviceBatches:
-    """Batches made on the device (device_transforms.adaptation_images) from a loader of single decoded samples.
-    The workers decode the samples of a batch at once, so the first batch comes after one decode instead of
-    batch_size in one worker; the main process draws each sample's flip and jitter in the samples' order, from a
-    generator of its own, so the batches are the same for any number of workers. A batch holds a list per field (its
-    native images may differ in size, and the device transforms each on its own) and 'input', its images as the
-    workers' batches hold them, but on the device."""
+    """Batches made on the device (device_transforms.adaptation_images) from a loader of single decoded samples
+    (make_loader with single_samples). The workers decode the samples of a batch at once, so the first batch comes
+    after one decode instead of batch_size in one worker. A batch holds a list per field (its native images may
+    differ in size, and the device transforms each on its own) and 'input', its images as the workers' batches hold
+    them, but on the device."""
 
     def __init__(self, loader: DataLoader, batch_size: int, transform: AdaptationTransform,
                  device: torch.device | str):
@@ -244,7 +261,6 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.transform = transform
         self.device = torch.device(device)
-        self.draws = random.Random(_loader_seed())
 
     @property
     def sampler(self):
@@ -259,9 +275,7 @@ class DeviceBatches:
     def _batches(self, samples):
         batch = []
         for sample in samples:
-            draw = self.transform.draw(self.draws)
-            batch.append({**sample, 'box': self.transform.source_box(sample['color'].shape[:2], draw.flip),
-                          'flip': draw.flip, 'jitter': draw.jitter})
+            batch.append(sample)
             if len(batch) == self.batch_size:  # the rest of a pass is dropped, as drop_last does
                 fields = {key: [sample[key] for sample in batch] for key in batch[0]}
                 yield {**fields, 'input': device_transforms.adaptation_images(fields, self.transform.output_hw,
@@ -322,7 +336,8 @@ def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resi
                        memory_format: torch.memory_format = torch.contiguous_format, crop_at_offsets: bool = False,
                        pixel_work: str = 'workers'):
     """`num_batches` normalised network inputs on `device` from the adaptation loaders `names` (each cycled; one
-    batch of each, concatenated); the workers start decoding now. pixel_work 'device': the workers only decode, and
+    batch of each, concatenated); the workers start decoding now. The main process draws each sample's flip and
+    jitter, so the batches are the same for any number of workers. pixel_work 'device': the workers only decode, and
     the device resizes and jitters (device_transforms)."""
     on_device = pixel_work == 'device'
     datasets = [adaptation_dataset(name, resize_hw, crop_hw, crop_at_offsets, on_device) for name in names]
@@ -330,9 +345,9 @@ def adaptation_batches(names: list[str], batch_size: int, num_batches: int, resi
     batch_loaders = []
     for dataset in datasets:
         loader = make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                             on_gpu=on_gpu, samples_needed=num_batches * batch_size, single_samples=on_device)
-        batch_loaders.append(DeviceBatches(loader, batch_size, dataset.datasets[0].transform, device) if on_device
-                             else loader)
+                             on_gpu=on_gpu, samples_needed=num_batches * batch_size, drawing=dataset.transform,
+                             single_samples=on_device)
+        batch_loaders.append(DeviceBatches(loader, batch_size, dataset.transform, device) if on_device else loader)
     cycling = CyclingLoaders(batch_loaders, num_batches).start()
     return (to_network_input(joined(batches, 'input'), device, memory_format) for batches in cycling)
 

@@ -174,8 +174,8 @@ class AdaptationDraw:
 
 class AdaptationTransform:
     """Flip, resize, optional crop at (top, left) of the (flipped) resized image, jitter; no labels.
-    on_device: the sample is the native image; the main process draws (loaders.DeviceBatches) and the device resizes
-    and jitters (device_transforms.adaptation_images)."""
+    on_device: the sample is the native image with its draw and source box; the device resizes and jitters
+    (device_transforms.adaptation_images)."""
 
     def __init__(self, resize_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None,
                  crop_offset: tuple[int, int] = (0, 0), on_device: bool = False):
@@ -193,8 +193,6 @@ class AdaptationTransform:
         return AdaptationDraw(rng.random() < 0.5, Jitter.draw(rng))
 
     def __call__(self, raw: dict) -> dict:
-        if self.on_device:
-            return {'color': torch.from_numpy(raw['color'])}
         return self.apply(raw, self.draw())
 
     def source_box(self, image_hw: tuple[int, int], flip: bool) -> tuple[float, float, float, float]:
@@ -210,6 +208,8 @@ class AdaptationTransform:
 
     def apply(self, raw: dict, draw: AdaptationDraw) -> dict:
         box = self.source_box(raw['color'].shape[:2], draw.flip)
+        if self.on_device:
+            return {'color': torch.from_numpy(raw['color']), 'box': box, 'flip': draw.flip, 'jitter': draw.jitter}
         out = resize_color(Image.fromarray(raw['color']), self.output_hw, box)
         if draw.flip:
             out = _flip(out)

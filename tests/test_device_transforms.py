@@ -98,10 +98,10 @@ def test_a_sample_made_on_the_device_equals_the_workers_but_for_the_hue(flip, mo
     draw = AdaptationDraw(flip, Jitter(1.1, 0.9, 1.2, 0.06))
     raw = {'color': textured(150, 300)}
     in_worker = transform.apply(raw, draw)['input']
-    sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True)(raw)
-    assert set(sample) == {'color'} and sample['color'].shape == (150, 300, 3)  # the worker only decodes
-    batch = {'color': [sample['color']], 'box': [transform.source_box((150, 300), flip)], 'flip': [flip],
-             'jitter': [draw.jitter]}
+    sample = AdaptationTransform((113, 218), (64, 204), (7, 9), on_device=True).apply(raw, draw)
+    assert sample['color'].shape == (150, 300, 3)  # the worker only decodes
+    assert sample['box'] == transform.source_box((150, 300), flip)
+    batch = {key: [value] for key, value in sample.items()}
     made_on_device = device_transforms.adaptation_images(batch, (64, 204), DEVICE).cpu()
     assert made_on_device.shape == (1, 3, 64, 204)
     assert made_on_device.is_contiguous(memory_format=torch.channels_last)
@@ -123,8 +123,8 @@ def write_kitti_of_mixed_sizes(root: str) -> None:
 def kitti_batches(workers: int) -> loaders.DeviceBatches:
     dataset = loaders.adaptation_dataset('kitti_kitti_train', (40, 96), (40, 96), on_device=True)
     loader = loaders.make_loader(dataset, 3, True, True, workers, DEVICE.type == 'cuda', samples_needed=12,
-                                 single_samples=True)
-    return loaders.DeviceBatches(loader, 3, dataset.datasets[0].transform, DEVICE)
+                                 drawing=dataset.transform, single_samples=True)
+    return loaders.DeviceBatches(loader, 3, dataset.transform, DEVICE)
 
 
 @pytest.mark.parametrize('workers', [0, 2])
@@ -145,15 +145,25 @@ def test_device_batches_are_pil_and_torchvision_on_their_draws(ubna_env, workers
     assert len(seen_sizes) > 1 and len(batches) == 4
 
 
-def test_device_batches_do_not_depend_on_the_worker_count_over_several_passes(ubna_env):
+def adaptation_batches(workers: int, pixel_work: str, seed: int = 3) -> list[torch.Tensor]:
+    """12 batches of 3 from the 16 samples of write_kitti_of_mixed_sizes: over three passes."""
+    seed_everything(seed)
+    return list(loaders.adaptation_batches(['kitti_kitti_train'], 3, 12, (40, 96), (40, 96), workers, DEVICE,
+                                           torch.channels_last, pixel_work=pixel_work))
+
+
+@pytest.mark.parametrize('pixel_work', loaders.PIXEL_WORK)
+def test_adaptation_batches_do_not_depend_on_the_worker_count_over_several_passes(ubna_env, pixel_work):
     write_kitti_of_mixed_sizes(ubna_env)
-    runs = []
-    for workers in (0, 2):
-        seed_everything(3)
-        runs.append(list(loaders.adaptation_batches(['kitti_kitti_train'], 3, 12, (40, 96), (40, 96), workers, DEVICE,
-                                                    torch.channels_last, pixel_work='device')))  # 36 of 16 samples
+    runs = [adaptation_batches(workers, pixel_work) for workers in (0, 2)]
     assert all(batch.is_contiguous(memory_format=torch.channels_last) for batch in runs[0])
     assert len(runs[0]) == 12 and all(torch.equal(a, b) for a, b in zip(*runs))
-    seed_everything(4)
-    assert not torch.equal(next(iter(loaders.adaptation_batches(
-        ['kitti_kitti_train'], 3, 12, (40, 96), (40, 96), 0, DEVICE, pixel_work='device'))), runs[0][0])
+    assert not torch.equal(adaptation_batches(0, pixel_work, seed=4)[0], runs[0][0])
+
+
+def test_both_pixel_works_give_the_same_batches_but_for_the_hue(ubna_env, monkeypatch):
+    """The same draws of the same samples: with the workers' hue on the device, the same bytes."""
+    write_kitti_of_mixed_sizes(ubna_env)
+    in_workers = adaptation_batches(2, 'workers')
+    monkeypatch.setattr(device_transforms, 'hue', opencv_hue)
+    assert all(torch.equal(a, b) for a, b in zip(in_workers, adaptation_batches(2, 'device')))

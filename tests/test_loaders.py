@@ -55,9 +55,9 @@ def test_training_crop_must_fit_smallest_rescale(named_datasets):
 def test_adaptation_loaders_use_left_and_right(named_datasets, name, hw):
     dataset = adaptation_dataset(name, (64, 128), (32, 80))
     assert len(dataset) == 8
-    left, right = dataset.datasets
-    assert left.files['color'][0].endswith(os.path.join('color', 'train_00000.png'))
-    assert right.files['color'][0].endswith(os.path.join('color_right', 'train_00000.png'))
+    files = dataset.files['color']  # the left camera's, then the right camera's
+    assert files[0].endswith(os.path.join('color', 'train_00000.png'))
+    assert files[4].endswith(os.path.join('color_right', 'train_00000.png'))
     sample = dataset[5]
     assert set(sample) == {'input', 'domain', 'purposes'}
     assert sample['input'].shape == (3, *hw) and sample['purposes'] == ('adaptation',)

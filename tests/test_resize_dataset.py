@@ -107,17 +107,16 @@ def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
     with monkeypatch.context() as patch:
         unjittered(patch)
         plain = level_differences(native, copied)['input']
-        left = copied.datasets[0]
         random.seed(0)
-        flip = left.transform.draw().flip
+        flip = copied.transform.draw().flip
         random.seed(0)
-        image = left[0]['input'].permute(1, 2, 0).numpy()
+        image = copied[0]['input'].permute(1, 2, 0).numpy()
     assert max(found.max().item() for found in plain) <= 1
     assert max((found > 0).float().mean().item() for found in plain) < 0.02
     assert max(found.max().item() for found in jittered) <= 8
     assert all(plain_found.any() or not jitter_found.any()  # equal plain images stay equal when jittered
                for plain_found, jitter_found in zip(plain, jittered))
-    resized = read_image(left.files['color'][0], 'color')  # 71x136: the crop at (0, 0) of a scale-1 box is exact
+    resized = read_image(copied.files['color'][0], 'color')  # 71x136: the crop at (0, 0) of a scale-1 box is exact
     assert np.array_equal(image, resized[:40, 8:][:, ::-1] if flip else resized[:40, :128])
 
 
