@@ -14,18 +14,20 @@ from sweeps.grid import SETTINGS, Run
 COMMAND_FILE = 'sweep.json'
 RUNS_FILE = 'runs.csv'
 LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')  # may change between reruns
+FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, so no number moves
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
 
 
 def claim_folder(folder: str, options: dict, defaults: dict) -> None:
-    """Refuse a folder whose runs were made with other settings than `options` (the lists aside); record them.
+    """Refuse a folder whose runs were made with other settings than `options` (the lists and the worker count
+    aside); record them.
     An option that its sweep.json lacks came to the tool after those runs, which had its value in `defaults`."""
     path = os.path.join(folder, COMMAND_FILE)
     if os.path.isfile(path):
         with open(path) as file:
             previous = {**defaults, **json.load(file)}
-        for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS)):
+        for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS) - set(FREE_OPTIONS)):
             if previous.get(key) != options.get(key):
                 raise UserError(f'the sweep folder {folder} holds runs made with --{key.replace("_", "-")} '
                                 f'{previous.get(key)!r}, not {options.get(key)!r}; rerun with the same settings or '
