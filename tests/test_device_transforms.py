@@ -166,4 +166,5 @@ def test_both_pixel_works_give_the_same_batches_but_for_the_hue(ubna_env, monkey
     write_kitti_of_mixed_sizes(ubna_env)
     in_workers = adaptation_batches(2, 'workers')
     monkeypatch.setattr(device_transforms, 'hue', opencv_hue)
-    assert all(torch.equal(a, b) for a, b in zip(in_workers, adaptation_batches(2, 'device')))
+    on_device = adaptation_batches(2, 'device')
+    assert len(in_workers) == len(on_device) == 12 and all(torch.equal(a, b) for a, b in zip(in_workers, on_device))
