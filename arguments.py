@@ -116,9 +116,9 @@ def _add_adaptation(parser):
                             'reference passes; by default at the top-left corner, as the reference does')
     group.add_argument('--adaptation-pixel-work', default='workers', choices=loaders.PIXEL_WORK,
                        help='(ours) where images are resized and colour-jittered: in the loader workers, or on the '
-                            'device (for a GPU: the workers only decode, and the main process draws the flips and '
-                            'jitters, the same for any worker count). Both compute what PIL computes, but for the hue '
-                            'shift: on the device PIL\'s HSV round trip, as in the reference; in the workers '
+                            'device (for a GPU: the workers only decode). Either way the main process draws the '
+                            'flips and jitters, the same for any worker count. Both compute what PIL computes, but for '
+                            'the hue shift: on the device PIL\'s HSV round trip, as in the reference; in the workers '
                             'OpenCV\'s HSV, which rounds differently by a level or two')
     group.add_argument('--adaptation-mode-sequential', default='none', choices=MODES,
                        help='none: constant momentum; batch_shrinking: UBNA; layer_shrinking: UBNA+; '

@@ -14,7 +14,7 @@ from sweeps.grid import SETTINGS, Run
 COMMAND_FILE = 'sweep.json'
 RUNS_FILE = 'runs.csv'
 LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')  # may change between reruns
-FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, so no number moves
+FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, no number moves
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
 
