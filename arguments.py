@@ -114,9 +114,10 @@ def _add_adaptation(parser):
     group.add_argument('--adaptation-crop-at-offsets', action='store_true',
                        help='(ours) cityscapes_sequence_train crops at the offsets (h*32//512, w*33//1024) the '
                             'reference passes; by default at the top-left corner, as the reference does')
-    group.add_argument('--adaptation-pixel-work', default='workers', choices=loaders.PIXEL_WORK,
+    group.add_argument('--adaptation-pixel-work', default='auto', choices=loaders.PIXEL_WORK,
                        help='(ours) where images are resized and colour-jittered: in the loader workers, or on the '
-                            'device (for a GPU: the workers only decode). Either way the main process draws the '
+                            'device (the workers only decode); auto: the device on a GPU, the workers on the CPU, '
+                            'the faster of the two on each. Either way the main process draws the '
                             'flips and jitters, the same for any worker count. Both compute what PIL computes, but for '
                             'the hue shift: on the device PIL\'s HSV round trip, as in the reference; in the workers '
                             'OpenCV\'s HSV, which rounds differently by a level or two')

@@ -11,9 +11,10 @@ VGG16-bn at the paper's sizes on a GPU, ResNet-18 at small sizes on a CPU.
 With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
 flags, and the speed and memory ratios are printed.
 With --train-from-copy, train.py reads the copy data_download/resize_dataset.py writes at the training resize size.
-With --adapt-on-device, adapt.py also runs with --adaptation-pixel-work device (resize and jitter on the device).
+adapt.py runs with its default --adaptation-pixel-work auto (resize and jitter on the device on a GPU, in the workers
+on the CPU); with --adapt-both-pixel-works, also with the other one.
 Run: python bench/bench_jobs.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--train-from-copy] [--keep DIR]
-     [--reference DIR] [--adapt-on-device]
+     [--reference DIR] [--adapt-both-pixel-works]
 """
 import argparse
 import os
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 
 from bench.bench import MODELS, measure  # noqa: E402
 from bench.bench_loaders import photo_like, write_resized_copy  # noqa: E402
+from dataloader.loaders import pixel_work_on_device  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_image, write_json  # noqa: E402
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
@@ -183,8 +185,8 @@ def main() -> None:
     parser.add_argument('--train-from-copy', action='store_true',
                         help='train.py reads a copy resized by data_download/resize_dataset.py (time to write it '
                              'printed) instead of the native-size PNGs')
-    parser.add_argument('--adapt-on-device', action='store_true',
-                        help='also run adapt.py with --adaptation-pixel-work device')
+    parser.add_argument('--adapt-both-pixel-works', action='store_true',
+                        help='also run adapt.py with the --adaptation-pixel-work that auto does not pick here')
     parser.add_argument('--repeats', type=int, default=3, help='repeats of the network-alone measurements')
     parser.add_argument('--keep', help='write the data and checkpoints here instead of a temporary folder')
     parser.add_argument('--reference', metavar='DIR',
@@ -199,6 +201,8 @@ def main() -> None:
               depth, '--sys-num-workers', args.workers, '--sys-precision', args.precision, '--experiment-class',
               'bench'] + (['--sys-cpu'] if args.device == 'cpu' else [])
     adapt_h, adapt_w = size(args.adapt_size)
+    on_device = pixel_work_on_device('auto', args.device == 'cuda')
+    pixel_work, other_pixel_work = ('device', 'workers') if on_device else ('workers', 'device')  # auto's choice first
     print(f'jobs end to end: device {args.device}, {args.model}, {args.precision}, {args.workers} workers, '
           f'{os.cpu_count()} cores', flush=True)
     with tempfile.TemporaryDirectory() as temporary:
@@ -224,10 +228,10 @@ def main() -> None:
         evaluate_flags = common + ['--model-name', 'evaluated', '--model-load', source,
                                    '--segmentation-eval-num-images', 0]
         adapt = run_job('adapt.py', adapt_flags, datasets, checkpoints, device=args.device)
-        if args.adapt_on_device:
-            adapt_on_device = run_job('adapt.py', adapt_flags + ['--model-name', 'adapted_on_device',
-                                                                 '--adaptation-pixel-work', 'device'],
-                                      datasets, checkpoints, device=args.device)
+        if args.adapt_both_pixel_works:
+            adapt_other = run_job('adapt.py', adapt_flags + ['--model-name', f'adapted_{other_pixel_work}',
+                                                             '--adaptation-pixel-work', other_pixel_work],
+                                  datasets, checkpoints, device=args.device)
         evaluate = run_job('evaluate.py', evaluate_flags, datasets, checkpoints, device=args.device)
         if args.reference:  # same data, checkpoint and flags; scratch init: the checkpoint replaces ImageNet's
             reference = {
@@ -243,12 +247,12 @@ def main() -> None:
                          args.precision)[0],
     }
     jobs = [('adapt', adapt, f'adapt.py {args.adapt_batches}x{args.adapt_batch} at {adapt_h}x{adapt_w} '
-                             f'from {args.adapt_native}'),
+                             f'from {args.adapt_native} ({pixel_work})'),
             ('evaluate', evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
             ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from '
                              f'{"the 512x1024 copy" if args.train_from_copy else "1052x1914"}')]
-    if args.adapt_on_device:
-        jobs.insert(1, ('adapt', adapt_on_device, 'the same, resize and jitter on the device'))
+    if args.adapt_both_pixel_works:
+        jobs.insert(1, ('adapt', adapt_other, f'the same ({other_pixel_work})'))
     if args.reference:
         jobs += [('adapt', reference['adapt'], 'reference adapt.py, the same flags'),
                  ('evaluate', reference['evaluate'], 'reference eval_segmentation.py, the same flags')]

@@ -1,10 +1,13 @@
 """The adaptation samples' per-pixel work on the device (--adaptation-pixel-work device): PIL's antialiased bilinear
-resize and the colour jitter, computed as PIL computes them, in the same integer and float steps.
+resize and the colour jitter, computed as PIL computes them, in the same integer and float steps, on one H×W×3 image
+or on a batch of them (N×H×W×3, one factor per image), with the same result for each image.
 
 The workers then only decode, and the main process draws each sample's flip and jitter (loaders.DrawingSampler).
 The resize, brightness, contrast and saturation equal PIL's (and so the workers') results bit for bit. The hue shift
 is PIL's HSV round trip, which the reference's torchvision computes; the workers compute it in OpenCV's HSV instead
 (faster on a CPU), which rounds differently by a level or two.
+A batch is transformed at once, because launching the ~100 small operations of the chain per image bound the main
+process on a GPU.
 """
 from functools import lru_cache
 
@@ -48,10 +51,11 @@ def _device_table(in_size: int, out_size: int, start: float, end: float, device:
 
 
 def _resample(image: torch.Tensor, dim: int, out_size: int, start: float, end: float) -> torch.Tensor:
-    """One pass of Pillow's 8-bit resampling along dim (0: rows, 1: columns) of an H×W×3 uint8 image."""
+    """One pass of Pillow's 8-bit resampling along dim (-3: rows, -2: columns) of ...×H×W×3 uint8 images."""
     indices, weights = _device_table(image.shape[dim], out_size, start, end, image.device)
     taps = weights.shape[1]
     gathered = image.index_select(dim, indices.flatten()).int()
+    dim %= image.dim()
     shape = list(image.shape)
     shape[dim:dim + 1] = [out_size, taps]
     weights = weights.view([out_size, taps] + [1] * (image.dim() - dim - 1))
@@ -60,18 +64,18 @@ def _resample(image: torch.Tensor, dim: int, out_size: int, start: float, end: f
 
 
 def resize(image: torch.Tensor, hw: tuple[int, int], box: tuple[float, float, float, float]) -> torch.Tensor:
-    """PIL's antialiased bilinear resize of the region box (left, top, right, bottom) of an H×W×3 uint8 image to
+    """PIL's antialiased bilinear resize of the region box (left, top, right, bottom) of ...×H×W×3 uint8 images to
     hw, bit-exact: the same two passes, in the installed Pillow's order, each rounded to uint8."""
-    (height, width), (out_height, out_width) = image.shape[:2], hw
+    (height, width), (out_height, out_width) = image.shape[-3:-1], hw
     rows = out_height != height or box[1] != 0 or box[3] != out_height
     columns = out_width != width or box[0] != 0 or box[2] != out_width
     if PILLOW_ORDERS_PASSES and 0 < height - out_height and (width - out_width) * 2 < height - out_height:
         if rows:
-            image = _resample(image, 0, out_height, box[1], box[3])
-        return _resample(image, 1, out_width, box[0], box[2]) if columns else image
+            image = _resample(image, -3, out_height, box[1], box[3])
+        return _resample(image, -2, out_width, box[0], box[2]) if columns else image
     if columns:
-        image = _resample(image, 1, out_width, box[0], box[2])
-    return _resample(image, 0, out_height, box[1], box[3]) if rows else image
+        image = _resample(image, -2, out_width, box[0], box[2])
+    return _resample(image, -3, out_height, box[1], box[3]) if rows else image
 
 
 def _over(numerator: torch.Tensor, denominator: float) -> torch.Tensor:
@@ -80,32 +84,41 @@ def _over(numerator: torch.Tensor, denominator: float) -> torch.Tensor:
     return numerator / torch.full((), denominator, dtype=numerator.dtype, device=numerator.device)
 
 
-def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torch.Tensor:
+def _per_image(value: float | torch.Tensor, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A factor for one image (a float) or for each image of a batch (an N tensor on the device), shaped to broadcast
+    over the image's H×W×3. A float becomes a tensor by a fill on the device: a copy would wait for its queue."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype).reshape(-1, 1, 1, 1)
+    return torch.full((), value, dtype=dtype, device=image.device)
+
+
+def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """PIL's Image.blend: degenerate + factor * (image - degenerate) in C floats, truncated, clipped to uint8."""
-    alpha = torch.full((), factor, dtype=torch.float32, device=image.device)  # C's float: rounded to nearest
+    alpha = _per_image(factor, image, torch.float32)  # C's float: rounded to nearest
     mixed = degenerate.float() + alpha * (image.int() - degenerate.int()).float()
     return mixed.trunc_().clamp_(0, 255).to(torch.uint8)
 
 
 def _luma(image: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB to L conversion (ITU-R 601-2 in 16-bit fixed point) of an H×W×3 uint8 image, as H×W int32."""
+    """PIL's RGB to L conversion (ITU-R 601-2, 16-bit fixed point) of ...×H×W×3 uint8 images: ...×H×W int32."""
     rgb = image.int()
     return (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
 
 
-def brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
+def brightness(image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Brightness: a blend with black."""
     return _blend(torch.zeros_like(image), image, factor)
 
 
-def contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """ImageEnhance.Contrast: a blend with the image's mean luma, rounded to an integer."""
+def contrast(image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """ImageEnhance.Contrast: a blend with each image's mean luma, rounded to an integer."""
     luma = _luma(image)
-    mean = torch.floor(_over(luma.sum(dtype=torch.int64).double(), luma.numel()) + 0.5)
-    return _blend(mean.to(torch.uint8).expand_as(image), image, factor)
+    total = luma.sum((-2, -1), dtype=torch.int64).double()
+    mean = torch.floor(_over(total, luma.shape[-2] * luma.shape[-1]) + 0.5)
+    return _blend(mean.to(torch.uint8)[..., None, None, None].expand_as(image), image, factor)
 
 
-def saturation(image: torch.Tensor, factor: float) -> torch.Tensor:
+def saturation(image: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Color: a blend with the image's luma."""
     return _blend(_luma(image).to(torch.uint8).unsqueeze(-1).expand_as(image), image, factor)
 
@@ -155,27 +168,38 @@ def _to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     return torch.where((s == 0).unsqueeze(-1), v.unsqueeze(-1), rgb).to(torch.uint8)
 
 
-def hue(image: torch.Tensor, shift: int) -> torch.Tensor:
-    """torchvision's adjust_hue on PIL images: the 8-bit hue shifted by `shift` (mod 256) in PIL's HSV. Like it, a
-    shift of 0 still makes the round trip, which rounds."""
+def hue(image: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue on PIL images: the 8-bit hue shifted by `shift` (mod 256; an N uint8 tensor for a
+    batch) in PIL's HSV. Like it, a shift of 0 still makes the round trip, which rounds."""
     hsv = _to_hsv(image)
-    hsv[..., 0] += shift  # uint8 arithmetic wraps around the hue circle
+    hsv[..., 0] += shift.reshape(-1, 1, 1) if isinstance(shift, torch.Tensor) else shift  # uint8 wraps around
     return _to_rgb(hsv)
 
 
 def jitter(image: torch.Tensor, factors) -> torch.Tensor:
-    """The colour jitter of transforms.Jitter (brightness, contrast, saturation, hue, in that order)."""
-    image = brightness(image, factors.brightness)
-    image = contrast(image, factors.contrast)
-    image = saturation(image, factors.saturation)
-    return hue(image, factors.hue_shift)
+    """The colour jitter of transforms.Jitter (brightness, contrast, saturation, hue, in that order): one Jitter for
+    an H×W×3 image, or a sequence of them for an N×H×W×3 batch (their factors reach the device in one copy)."""
+    if not isinstance(factors, (list, tuple)):
+        return hue(saturation(contrast(brightness(image, factors.brightness), factors.contrast), factors.saturation),
+                   factors.hue_shift)
+    table = torch.tensor([(f.brightness, f.contrast, f.saturation, f.hue_shift) for f in factors], dtype=torch.float64)
+    if image.is_cuda:  # a copy from pinned memory does not wait for the GPU's queue
+        table = table.pin_memory()
+    table = table.to(image.device, non_blocking=True)  # float64 to float32 on the device rounds as C's float does
+    image = saturation(contrast(brightness(image, table[:, 0]), table[:, 1]), table[:, 2])
+    return hue(image, table[:, 3].to(torch.uint8))
 
 
 def adaptation_images(batch: dict, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
     """The network inputs of a batch of on-device adaptation samples (transforms.AdaptationTransform), as uint8
-    N×3×H×W on `device` (channels_last strides): each native image resized from its box, flipped, jittered."""
-    images = []
-    for color, box, flip, factors in zip(batch['color'], batch['box'], batch['flip'], batch['jitter']):
-        image = resize(color.to(device, non_blocking=True), hw, box)
-        images.append(jitter(image.flip(1) if flip else image, factors))
-    return torch.stack(images).permute(0, 3, 1, 2)
+    N×3×H×W on `device` (channels_last strides): each native image resized from its box, flipped, jittered. The
+    images of one native size and box are resized together, and then the whole batch is jittered at once."""
+    groups = {}
+    for i, (color, box) in enumerate(zip(batch['color'], batch['box'])):
+        groups.setdefault((tuple(color.shape), tuple(box)), []).append(i)
+    resized = [None] * len(batch['color'])
+    for (_, box), members in groups.items():
+        natives = torch.stack([batch['color'][i].to(device, non_blocking=True) for i in members])
+        for i, image in zip(members, resize(natives, hw, box)):
+            resized[i] = image.flip(1) if batch['flip'][i] else image
+    return jitter(torch.stack(resized), list(batch['jitter'])).permute(0, 3, 1, 2)

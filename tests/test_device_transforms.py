@@ -21,9 +21,10 @@ def on_device(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).to(DEVICE)
 
 
-def opencv_hue(image: torch.Tensor, shift: int) -> torch.Tensor:
-    """The workers' hue shift (OpenCV's HSV), for the device: with it, both give the same samples."""
-    return torch.from_numpy(transforms.shift_hue(image.cpu().numpy(), shift)).to(image.device)
+def opencv_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """The workers' hue shift (OpenCV's HSV) of a batch, for the device: with it, both give the same samples."""
+    shifted = [transforms.shift_hue(image.cpu().numpy(), int(shift)) for image, shift in zip(images, shifts.cpu())]
+    return torch.from_numpy(np.stack(shifted)).to(images.device)
 
 
 def textured(height: int, width: int) -> np.ndarray:
@@ -77,6 +78,19 @@ def test_hsv_conversions_equal_pil_for_every_colour():
                           np.asarray(Image.fromarray(every).convert('HSV')))
     assert np.array_equal(device_transforms._to_rgb(on_device(every)).cpu().numpy(),
                           np.asarray(Image.fromarray(every, 'HSV').convert('RGB')))
+
+
+def test_a_batch_is_resized_and_jittered_as_each_of_its_images_alone():
+    """One set of operations for a batch, with a factor per image: the same bytes as image by image."""
+    images = np.stack([textured(70, 110), textured(70, 110)[::-1], textured(70, 110)[:, ::-1]])
+    batch, box = on_device(images), (3.5, 0, 104.25, 66.0)
+    resized = device_transforms.resize(batch, (36, 50), box)
+    alone = [device_transforms.resize(on_device(image), (36, 50), box) for image in images]
+    assert all(torch.equal(a, b) for a, b in zip(resized, alone))
+    jitters = [Jitter(1.15, 0.85, 1.1, 0.07), Jitter(), Jitter(0.8, 1.2, 0.8, -0.1)]
+    jittered = device_transforms.jitter(resized, jitters)
+    assert all(torch.equal(jittered[i], device_transforms.jitter(alone[i], jitters[i])) for i in range(3))
+    assert not torch.equal(jittered[0], device_transforms.jitter(alone[0], jitters[1]))
 
 
 def torchvision_jitter(image: Image.Image, jitter: Jitter) -> Image.Image:
@@ -152,13 +166,18 @@ def adaptation_batches(workers: int, pixel_work: str, seed: int = 3) -> list[tor
                                            torch.channels_last, pixel_work=pixel_work))
 
 
-@pytest.mark.parametrize('pixel_work', loaders.PIXEL_WORK)
+@pytest.mark.parametrize('pixel_work', ['workers', 'device'])
 def test_adaptation_batches_do_not_depend_on_the_worker_count_over_several_passes(ubna_env, pixel_work):
     write_kitti_of_mixed_sizes(ubna_env)
     runs = [adaptation_batches(workers, pixel_work) for workers in (0, 2)]
     assert all(batch.is_contiguous(memory_format=torch.channels_last) for batch in runs[0])
     assert len(runs[0]) == 12 and all(torch.equal(a, b) for a, b in zip(*runs))
     assert not torch.equal(adaptation_batches(0, pixel_work, seed=4)[0], runs[0][0])
+
+
+def test_auto_puts_the_pixel_work_on_a_gpu_and_leaves_it_to_the_workers_on_the_cpu():
+    assert [loaders.pixel_work_on_device(choice, on_gpu=True) for choice in loaders.PIXEL_WORK] == [True, False, True]
+    assert [loaders.pixel_work_on_device(choice, on_gpu=False) for choice in loaders.PIXEL_WORK] == [False, False, True]
 
 
 def test_both_pixel_works_give_the_same_batches_but_for_the_hue(ubna_env, monkeypatch):

@@ -173,9 +173,9 @@ def test_a_folder_recorded_before_an_option_existed_takes_that_option_at_its_def
     recorded = {key: value for key, value in options.items() if key != 'adaptation_pixel_work'}
     (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))  # a sweep made before the option existed
     records.claim_folder(str(tmp_path), options, sweep_defaults())
-    assert json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work'] == 'workers'
+    assert json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work'] == 'auto'
     (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))
-    with pytest.raises(UserError, match="--adaptation-pixel-work 'workers', not 'device'"):
+    with pytest.raises(UserError, match="--adaptation-pixel-work 'auto', not 'device'"):
         records.claim_folder(str(tmp_path), {**options, 'adaptation_pixel_work': 'device'}, sweep_defaults())
 
 
