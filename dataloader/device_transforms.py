@@ -86,7 +86,7 @@ def _over(numerator: torch.Tensor, denominator: float) -> torch.Tensor:
 
 def _per_image(value: float | torch.Tensor, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A factor for one image (a float) or for each image of a batch (an N tensor on the device), shaped to broadcast
-    over the image's H×W×3. A float becomes a tensor by a fill on the device: a copy would wait for its queue."""
+    over the image's H×W×C. A float becomes a tensor by a fill on the device: a copy would wait for its queue."""
     if isinstance(value, torch.Tensor):
         return value.to(dtype).reshape(-1, 1, 1, 1)
     return torch.full((), value, dtype=dtype, device=image.device)
@@ -169,25 +169,22 @@ def _to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 
 def hue(image: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_hue on PIL images: the 8-bit hue shifted by `shift` (mod 256; an N uint8 tensor for a
+    """torchvision's adjust_hue on PIL images: the 8-bit hue shifted by `shift` (mod 256; an N tensor for a
     batch) in PIL's HSV. Like it, a shift of 0 still makes the round trip, which rounds."""
     hsv = _to_hsv(image)
-    hsv[..., 0] += shift.reshape(-1, 1, 1) if isinstance(shift, torch.Tensor) else shift  # uint8 wraps around
+    hsv[..., :1] += _per_image(shift, hsv, torch.uint8)  # uint8 arithmetic wraps around the hue circle
     return _to_rgb(hsv)
 
 
-def jitter(image: torch.Tensor, factors) -> torch.Tensor:
-    """The colour jitter of transforms.Jitter (brightness, contrast, saturation, hue, in that order): one Jitter for
-    an H×W×3 image, or a sequence of them for an N×H×W×3 batch (their factors reach the device in one copy)."""
-    if not isinstance(factors, (list, tuple)):
-        return hue(saturation(contrast(brightness(image, factors.brightness), factors.contrast), factors.saturation),
-                   factors.hue_shift)
+def jitter(images: torch.Tensor, factors: list) -> torch.Tensor:
+    """The colour jitter of transforms.Jitter (brightness, contrast, saturation, hue, in that order) of an N×H×W×3
+    batch, one Jitter per image (their factors reach the device in one copy)."""
     table = torch.tensor([(f.brightness, f.contrast, f.saturation, f.hue_shift) for f in factors], dtype=torch.float64)
-    if image.is_cuda:  # a copy from pinned memory does not wait for the GPU's queue
+    if images.is_cuda:  # a copy from pinned memory does not wait for the GPU's queue
         table = table.pin_memory()
-    table = table.to(image.device, non_blocking=True)  # float64 to float32 on the device rounds as C's float does
-    image = saturation(contrast(brightness(image, table[:, 0]), table[:, 1]), table[:, 2])
-    return hue(image, table[:, 3].to(torch.uint8))
+    table = table.to(images.device, non_blocking=True)  # float64 to float32 on the device rounds as C's float does
+    images = saturation(contrast(brightness(images, table[:, 0]), table[:, 1]), table[:, 2])
+    return hue(images, table[:, 3])
 
 
 def adaptation_images(batch: dict, hw: tuple[int, int], device: torch.device) -> torch.Tensor:

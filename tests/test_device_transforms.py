@@ -89,8 +89,8 @@ def test_a_batch_is_resized_and_jittered_as_each_of_its_images_alone():
     assert all(torch.equal(a, b) for a, b in zip(resized, alone))
     jitters = [Jitter(1.15, 0.85, 1.1, 0.07), Jitter(), Jitter(0.8, 1.2, 0.8, -0.1)]
     jittered = device_transforms.jitter(resized, jitters)
-    assert all(torch.equal(jittered[i], device_transforms.jitter(alone[i], jitters[i])) for i in range(3))
-    assert not torch.equal(jittered[0], device_transforms.jitter(alone[0], jitters[1]))
+    assert all(torch.equal(jittered[i], device_transforms.jitter(alone[i][None], [jitters[i]])[0]) for i in range(3))
+    assert not torch.equal(jittered[0], device_transforms.jitter(alone[0][None], [jitters[1]])[0])
 
 
 def torchvision_jitter(image: Image.Image, jitter: Jitter) -> Image.Image:
@@ -102,7 +102,7 @@ def torchvision_jitter(image: Image.Image, jitter: Jitter) -> Image.Image:
 @pytest.mark.parametrize('jitter', [Jitter(), Jitter(1.15, 0.85, 1.1, 0.07), Jitter(0.8, 1.2, 0.8, -0.1)])
 def test_jitter_equals_the_torchvision_chain_of_the_reference(jitter):
     image = Image.fromarray(textured(48, 80))
-    ours = device_transforms.jitter(on_device(np.asarray(image)), jitter)
+    ours = device_transforms.jitter(on_device(np.asarray(image))[None], [jitter])[0]
     assert np.array_equal(ours.cpu().numpy(), np.asarray(torchvision_jitter(image, jitter)))
 
 
