@@ -52,8 +52,10 @@ def main(argv=None):
                          device=runtime.device, memory_format=runtime.memory_format)
     if opt.model_load:
         state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
-    print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches '
-          f'of {opt.adaptation_training_loaders}', flush=True)
+    where = 'on the device' if loaders.pixel_work_on_device(opt.adaptation_pixel_work, runtime.device.type == 'cuda') \
+        else 'in the workers'
+    print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches of '
+          f'{opt.adaptation_training_loaders}, resized and jittered {where}', flush=True)
     timer = LoopTimer(runtime)
     rows = adapt_batchnorm(state.model, timer.wrap(batches), opt.adaptation_mode_sequential,
                            opt.adaptation_batchnorm_momentum, opt.adaptation_alpha_batch, opt.adaptation_alpha_layer,

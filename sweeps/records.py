@@ -7,6 +7,7 @@ import os
 from collections import Counter
 
 from dataloader.labels import CLASS_NAMES
+from dataloader.loaders import pixel_work_on_device
 from errors import UserError
 from state_manager import write_atomically, write_json
 from sweeps.grid import SETTINGS, Run
@@ -15,18 +16,21 @@ COMMAND_FILE = 'sweep.json'
 RUNS_FILE = 'runs.csv'
 LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')  # may change between reruns
 FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, no number moves
+UNRECORDED_VALUES = {'adaptation_pixel_work': 'workers'}  # what runs did before an option existed, if not its default
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
 
 
-def claim_folder(folder: str, options: dict, defaults: dict) -> None:
+def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool) -> None:
     """Refuse a folder whose runs were made with other settings than `options` (the lists and the worker count
     aside); record them.
-    An option that its sweep.json lacks came to the tool after those runs, which had its value in `defaults`."""
+    An option that its sweep.json lacks came to the tool after those runs, which had its value in `defaults` (or in
+    UNRECORDED_VALUES). The pixel work is compared and recorded as done here (see pixel_work_as_done)."""
+    options = pixel_work_as_done(options, on_gpu)
     path = os.path.join(folder, COMMAND_FILE)
     if os.path.isfile(path):
         with open(path) as file:
-            previous = {**defaults, **json.load(file)}
+            previous = pixel_work_as_done({**defaults, **UNRECORDED_VALUES, **json.load(file)}, on_gpu)
         for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS) - set(FREE_OPTIONS)):
             if previous.get(key) != options.get(key):
                 raise UserError(f'the sweep folder {folder} holds runs made with --{key.replace("_", "-")} '
@@ -38,6 +42,13 @@ def claim_folder(folder: str, options: dict, defaults: dict) -> None:
                 raise UserError(f'the folder {folder} holds {other} but no {COMMAND_FILE}, so it is not a sweep of '
                                 f'this command; choose another --experiment-class/--model-name')
     write_json(path, options)
+
+
+def pixel_work_as_done(options: dict, on_gpu: bool) -> dict:
+    """'auto' as the choice it makes here: the workers on a CPU, the device on a GPU, whose hues differ. (A folder
+    that recorded 'auto' itself, as one release did, is taken as made on a machine like this one.)"""
+    on_device = pixel_work_on_device(options['adaptation_pixel_work'], on_gpu)
+    return {**options, 'adaptation_pixel_work': 'device' if on_device else 'workers'}
 
 
 def _number(value) -> str:

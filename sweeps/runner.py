@@ -126,7 +126,7 @@ def run_sweep(opt) -> str:
     lock_experiment(folder)
     rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
     table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
-    records.claim_folder(folder, vars(opt), sweep_defaults())
+    records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda')
     runs = sweep_runs(opt.methods, opt.num_batches, opt.alpha_batch, opt.alpha_layer, opt.seeds)
     finished = table.finished()
     pending = [run for run in runs if run.key not in finished]

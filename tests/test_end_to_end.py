@@ -63,6 +63,7 @@ def test_adaptation_changes_only_encoder_batchnorm_statistics(trained, synthetic
         synthetic_root, checkpoints)
     folder = os.path.join(checkpoints, 'e2e', name)
     assert 'Adaptation of 5 batches completed' in result.stdout
+    assert 'resized and jittered in the workers' in result.stdout  # --adaptation-pixel-work auto on the CPU
     source = load(os.path.join(checkpoints, 'e2e', 'source', 'checkpoints', 'epoch_2', 'model.pth'))
     adapted = load(os.path.join(folder, 'checkpoints', 'batch_5', 'model.pth'))
     assert source.keys() == adapted.keys()
@@ -133,10 +134,11 @@ def test_adaptation_with_the_pixel_work_on_the_device_is_the_same_for_any_worker
     checkpoints, _ = trained
     adapted = {}
     for workers in (0, 2):
-        run_script('adapt.py', SMALL_MODEL + ADAPT + [
+        result = run_script('adapt.py', SMALL_MODEL + ADAPT + [
             '--sys-num-workers', workers, '--sys-best-effort-determinism', '--model-name', f'pixels_{workers}',
             '--model-load', 'e2e/source/checkpoints/epoch_2', '--adaptation-mode-sequential', 'batch_shrinking',
             '--adaptation-pixel-work', 'device'], synthetic_root, checkpoints)
+        assert 'resized and jittered on the device' in result.stdout
         adapted[workers] = load(os.path.join(checkpoints, 'e2e', f'pixels_{workers}', 'checkpoints', 'batch_5',
                                              'model.pth'))
     assert all(torch.equal(adapted[0][key], value) for key, value in adapted[2].items())

@@ -155,28 +155,50 @@ def test_rerun_skips_finished_runs_refills_a_deleted_row_and_refuses_another_com
 
 def test_a_folder_takes_other_lists_and_worker_counts_but_not_other_settings_nor_a_job_folder(tmp_path):
     options = vars(parse_sweep_arguments(['--model-load', 'a/b', '--seeds', '1,2']))
-    defaults = sweep_defaults()
-    records.claim_folder(str(tmp_path), options, defaults)
-    records.claim_folder(str(tmp_path), {**options, 'seeds': [1, 2, 3], 'num_batches': [1, 50]}, defaults)  # more runs
-    records.claim_folder(str(tmp_path), {**options, 'sys_num_workers': 7}, defaults)  # another machine
+
+    def claim(folder, changes):
+        records.claim_folder(str(folder), {**options, **changes}, sweep_defaults(), on_gpu=False)
+    claim(tmp_path, {})
+    claim(tmp_path, {'seeds': [1, 2, 3], 'num_batches': [1, 50]})  # more runs
+    claim(tmp_path, {'sys_num_workers': 7})  # another machine
     with pytest.raises(UserError, match="--model-load 'a/b', not 'a/c'"):
-        records.claim_folder(str(tmp_path), {**options, 'model_load': 'a/c'}, defaults)
+        claim(tmp_path, {'model_load': 'a/c'})
     job = tmp_path / 'job'
     job.mkdir()
     (job / 'opt.json').write_text('{}')
     with pytest.raises(UserError, match='holds opt.json but no sweep.json'):
-        records.claim_folder(str(job), options, defaults)
+        claim(job, {})
 
 
-def test_a_folder_recorded_before_an_option_existed_takes_that_option_at_its_default(tmp_path):
+def test_a_folder_recorded_before_an_option_existed_takes_the_value_its_runs_had(tmp_path):
     options = vars(parse_sweep_arguments(['--model-load', 'a/b']))
     recorded = {key: value for key, value in options.items() if key != 'adaptation_pixel_work'}
     (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))  # a sweep made before the option existed
-    records.claim_folder(str(tmp_path), options, sweep_defaults())
-    assert json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work'] == 'auto'
+    records.claim_folder(str(tmp_path), options, sweep_defaults(), on_gpu=False)
+    assert json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work'] == 'workers'
     (tmp_path / records.COMMAND_FILE).write_text(json.dumps(recorded))
-    with pytest.raises(UserError, match="--adaptation-pixel-work 'auto', not 'device'"):
-        records.claim_folder(str(tmp_path), {**options, 'adaptation_pixel_work': 'device'}, sweep_defaults())
+    with pytest.raises(UserError, match="--adaptation-pixel-work 'workers', not 'device'"):
+        records.claim_folder(str(tmp_path), options, sweep_defaults(), on_gpu=True)  # auto: the device here
+
+
+def test_a_folder_records_the_pixel_work_as_done_so_auto_resumes_what_it_would_do(tmp_path):
+    """'auto' is the workers on a CPU and the device on a GPU, whose hues differ: a folder holds the choice made."""
+    def asked(choice):
+        return vars(parse_sweep_arguments(['--model-load', 'a/b', '--adaptation-pixel-work', choice]))
+
+    def recorded():
+        return json.loads((tmp_path / records.COMMAND_FILE).read_text())['adaptation_pixel_work']
+    assert [records.pixel_work_as_done(asked(choice), on_gpu)['adaptation_pixel_work']
+            for on_gpu in (False, True) for choice in ('auto', 'workers', 'device')] == \
+        ['workers', 'workers', 'device', 'device', 'workers', 'device']
+    records.claim_folder(str(tmp_path), asked('workers'), sweep_defaults(), on_gpu=True)
+    records.claim_folder(str(tmp_path), asked('auto'), sweep_defaults(), on_gpu=False)
+    assert recorded() == 'workers'
+    with pytest.raises(UserError, match="--adaptation-pixel-work 'workers', not 'device'"):
+        records.claim_folder(str(tmp_path), asked('auto'), sweep_defaults(), on_gpu=True)
+    (tmp_path / records.COMMAND_FILE).write_text(json.dumps(asked('auto')))  # as the release before recorded it
+    records.claim_folder(str(tmp_path), asked('device'), sweep_defaults(), on_gpu=True)
+    assert recorded() == 'device'
 
 
 @pytest.mark.parametrize('argv, message', [
