@@ -4,14 +4,13 @@ on unlabelled target images, with a momentum that decays per batch (UBNA) and pe
 import csv
 import os
 
-from arguments import encoder_depth, parse_adaptation_arguments, run_seed
+from arguments import parse_adaptation_arguments, run_seed
 from dataloader import loaders
-from dataloader.paths import check_environment
 from errors import run_cli
-from experiment_lock import lock_experiment
+from experiment.folder import write_atomically
+from experiment.runtime import LoopTimer, exit_process, teardown_runtime
+from jobs import open_job, training_state
 from models.adaptation import adapt_batchnorm, check_finite_statistics
-from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
-from state_manager import StateManager, experiment_dir, save_options, write_atomically
 
 
 def write_momenta(path: str, rows) -> None:
@@ -35,23 +34,14 @@ def log_momenta(folder: str, rows) -> None:
 
 def main(argv=None):
     opt = parse_adaptation_arguments(argv)
-    check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format)
-    folder = experiment_dir(opt.experiment_class, opt.model_name)
-    lock_experiment(folder)
-    save_options(opt, folder)
+    runtime, folder = open_job(opt, run_seed(opt))
     batches = loaders.adaptation_batches(  # data first: its errors are the common ones, and its workers start now
         opt.adaptation_training_loaders.split(','), opt.adaptation_training_batch_size, opt.adaptation_num_batches,
         (opt.adaptation_resize_height, opt.adaptation_resize_width),
         (opt.adaptation_crop_height, opt.adaptation_crop_width), opt.sys_num_workers, runtime.device,
         runtime.memory_format, crop_at_offsets=opt.adaptation_crop_at_offsets,
         pixel_work=opt.adaptation_pixel_work)
-    weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
-    state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
-                         opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
-                         device=runtime.device, memory_format=runtime.memory_format)
-    if opt.model_load:
-        state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
+    state = training_state(opt, runtime)
     where = 'on the device' if loaders.pixel_work_on_device(opt.adaptation_pixel_work, runtime.device.type == 'cuda') \
         else 'in the workers'
     print(f'Adapting with {opt.adaptation_mode_sequential} for {opt.adaptation_num_batches} batches of '

@@ -3,26 +3,25 @@
 train.py:    system, model, segmentation validation + training, training
 adapt.py:    system, model, segmentation validation, training, adaptation
 evaluate.py: system, model, segmentation validation, online adaptation
-sweep.py:    those of adapt.py and evaluate.py, and the sweep's lists (which replace their single-valued twins)
+sweep.py:    those of adapt.py and evaluate.py, and the sweep's lists (sweeps/options.py)
 Values are checked once, here, before any work starts.
 """
 import argparse
 import math
 
 from dataloader import loaders
-from dataloader.metrics import REMAPS
-from dataloader.paths import relative_name_problem
+from evaluation.metrics import REMAPS
+from experiment.folder import relative_name_problem
 from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SettingError, check_online_settings, online_settings,
                                setting_flags)
-from runtime import MEMORY_FORMATS, PRECISIONS
-from sweeps.grid import METHODS, NO_ADAPTATION, ONLINE
+from experiment.runtime import MEMORY_FORMATS, PRECISIONS
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
 MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
 DEFAULT_SEED = 1  # the seed of --sys-best-effort-determinism, as in the reference
 
 
-def _add_system(parser):
+def add_system_flags(parser):
     group = parser.add_argument_group('system')
     group.add_argument('--sys-cpu', action='store_true', help='run on the CPU even when a GPU is available')
     group.add_argument('--sys-num-workers', type=int, default=3, help='DataLoader worker processes per loader')
@@ -42,7 +41,7 @@ def _add_system(parser):
                             'reference\'s layout (the numbers differ only by float rounding)')
 
 
-def _add_model(parser):
+def add_model_flags(parser):
     group = parser.add_argument_group('model')
     group.add_argument('--model-type', default='resnet', choices=('resnet', 'vgg'), help='encoder family')
     group.add_argument('--model-num-layers', type=int, default=18, choices=(18, 34, 50, 101, 152),
@@ -58,7 +57,7 @@ def _add_model(parser):
                        help='load only model.pth, not the optimiser, scheduler and step counters')
 
 
-def _add_segmentation_validation(parser):
+def add_segmentation_validation_flags(parser):
     group = parser.add_argument_group('segmentation validation')
     group.add_argument('--segmentation-validation-resize-height', type=int, default=512)
     group.add_argument('--segmentation-validation-resize-width', type=int, default=1024)
@@ -74,7 +73,7 @@ def _add_segmentation_validation(parser):
                             'by default such pixels drop out of the metric, as in the reference')
 
 
-def _add_segmentation_training(parser):
+def add_segmentation_training_flags(parser):
     group = parser.add_argument_group('segmentation training')
     group.add_argument('--segmentation-training-loaders', default='cityscapes_train',
                        help='comma separated; any of ' + ', '.join(loaders.TRAINING_LOADERS))
@@ -85,7 +84,7 @@ def _add_segmentation_training(parser):
     group.add_argument('--segmentation-crop-width', type=int, default=640)
 
 
-def _add_training(parser):
+def add_training_flags(parser):
     group = parser.add_argument_group('training')
     group.add_argument('--train-batches-per-epoch', type=int, default=DEFAULT_BATCHES_PER_EPOCH)
     group.add_argument('--train-num-epochs', type=int, default=20)
@@ -101,7 +100,7 @@ def _add_training(parser):
                        help='ImageNet weights for the encoder, or random initialisation')
 
 
-def _add_adaptation(parser):
+def add_adaptation_flags(parser):
     group = parser.add_argument_group('adaptation')
     group.add_argument('--adaptation-training-loaders', default='kitti_kitti_train',
                        help='comma separated; any of ' + ', '.join(loaders.ADAPTATION_LOADERS))
@@ -131,79 +130,7 @@ def _add_adaptation(parser):
                        help='accepted for old command lines; unused, as in the reference')
 
 
-# A sweep's list flags: the single-valued job flag each replaces, the type of its items, why an item is refused
-_SWEEP_LISTS = {
-    '--methods': ('--adaptation-mode-sequential', str,
-                  lambda value: None if value in METHODS else f'lists an unknown method {value!r}; choose from '
-                                                                f'{", ".join(METHODS)}'),
-    '--num-batches': ('--adaptation-num-batches', int,
-                      lambda value: None if value >= 1 else f'must be at least 1, got {value}'),
-    '--alpha-batch': ('--adaptation-alpha-batch', float,
-                      lambda value: None if math.isfinite(value) and value >= 0 else f'must be 0 or more, got {value}'),
-    '--alpha-layer': ('--adaptation-alpha-layer', float,
-                      lambda value: None if math.isfinite(value) and value >= 0 else f'must be 0 or more, got {value}'),
-    '--seeds': ('--sys-seed', int,
-                lambda value: None if 0 <= value <= MAX_SEED else f'must be from 0 to {MAX_SEED}, got {value}'),
-}
-
-
-def _add_sweep(parser):
-    group = parser.add_argument_group(
-        'sweep', 'comma-separated lists; the runs are their cross product. Each list replaces the job flag in '
-                 'brackets, which a sweep also takes as a one-value list (give one of the two); unset, the list is '
-                 f'that flag\'s default ({DEFAULT_SEED} for the seeds)')
-    group.add_argument('--methods', help=f'[--adaptation-mode-sequential] any of {", ".join(METHODS)}: '
-                                         f'{NO_ADAPTATION} is the loaded model as it is (the baseline), '
-                                         f'{", ".join(MODES)} the modes of adapt.py, the others the online methods '
-                                         f'of evaluate.py, which take the --online-* settings')
-    group.add_argument('--num-batches', help='[--adaptation-num-batches] each method adapts once, to the largest, '
-                                             'and is evaluated at every value on the way')
-    group.add_argument('--alpha-batch', help='[--adaptation-alpha-batch] used by UBNA and UBNA+')
-    group.add_argument('--alpha-layer', help='[--adaptation-alpha-layer] used by UBNA+')
-    group.add_argument('--seeds', help='[--sys-seed] every run is repeated with each seed')
-
-
-def _dest(flag: str) -> str:
-    return flag[2:].replace('-', '_')
-
-
-def _list_items(parser, flag: str, text: str, item_type) -> list:
-    """The values of a comma-separated list flag; an empty list or item, a wrong type or a repeat is refused."""
-    if not text.strip():
-        parser.error(f'{flag} is an empty list; give comma-separated values')
-    values = []
-    for item in (item.strip() for item in text.split(',')):
-        if not item:
-            parser.error(f'{flag} {text!r} has an empty item')
-        try:
-            value = item_type(item)
-        except ValueError:
-            parser.error(f'{flag}: {item!r} is not {"an integer" if item_type is int else "a number"}')
-        if value in values:
-            parser.error(f'{flag} lists {item} twice; give each setting once')
-        values.append(value)
-    return values
-
-
-def _resolve_sweep_lists(parser, opt, twin_defaults: dict) -> None:
-    """Each sweep list as checked values: from its flag, else its twin's one value, else its twin's default."""
-    for flag, (twin, item_type, problem) in _SWEEP_LISTS.items():
-        text, single = getattr(opt, _dest(flag)), getattr(opt, _dest(twin))
-        if text is not None and single is not None:
-            parser.error(f'give {flag} or {twin}, not both')
-        if text is not None:
-            values = _list_items(parser, flag, text, item_type)
-        else:
-            default = twin_defaults[_dest(twin)]
-            values = [single if single is not None else DEFAULT_SEED if default is None else default]
-        for value in values:
-            if problem(value):
-                parser.error(f'{flag if text is not None else twin} {problem(value)}')
-        setattr(opt, _dest(flag), values)
-        setattr(opt, _dest(twin), None)  # the list holds it: two spellings of one sweep are one command
-
-
-def _add_online_adaptation(parser):
+def add_online_adaptation_flags(parser):
     group = parser.add_argument_group('online adaptation (ours): adapt on each validation batch, then predict it')
     group.add_argument('--online-method', default='none', choices=ONLINE_METHODS,
                        help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
@@ -213,11 +140,11 @@ def _add_online_adaptation(parser):
                        help="episodic: back to the loaded checkpoint's state before every batch; continual: carried "
                             "along the stream; default: the method's (episodic for cbna, else continual)")
     for setting, (kind, help_text) in setting_flags().items():
-        group.add_argument(_online_flag(setting), type=kind, default=None,
+        group.add_argument(online_flag(setting), type=kind, default=None,
                            help=f"{help_text}; unset: the method's default")
 
 
-def _online_flag(setting: str) -> str:
+def online_flag(setting: str) -> str:
     return '--online-' + setting.replace('_', '-')
 
 
@@ -233,37 +160,20 @@ def online_settings_of(opt, method: str) -> dict:
             if setting in online_settings(method)}
 
 
-def _check_sweep_online(parser, opt) -> None:
-    """A sweep's --online-* settings: each taken by a listed online method, and within range for each taking it."""
-    if opt.online_method is not None:
-        parser.error('--online-method names one method; list the online methods of a sweep in --methods')
-    listed = [method for method in opt.methods if method in ONLINE]
-    for setting in online_settings_given(opt):
-        if not any(setting in online_settings(method) for method in listed):
-            parser.error(f'{_online_flag(setting)} applies to none of the methods in --methods')
-    if opt.online_reset is not None and not listed:
-        parser.error('--online-reset applies to none of the methods in --methods (no online method)')
-    for method in listed:
-        try:
-            check_online_settings(method, opt.online_reset, **online_settings_of(opt, method))
-        except SettingError as error:
-            parser.error(f'{_online_flag(error.setting)} {error.problem} (for {method})')
-
-
 def _check_online(parser, opt) -> None:
     """Only the settings of --online-method, each within its range."""
     accepted = online_settings(opt.online_method)
     for setting in online_settings_given(opt):
         if setting not in accepted:
-            takes = ', '.join(map(_online_flag, accepted)) or 'no setting but --online-reset'
-            parser.error(f'{_online_flag(setting)} does not apply to --online-method {opt.online_method} '
+            takes = ', '.join(map(online_flag, accepted)) or 'no setting but --online-reset'
+            parser.error(f'{online_flag(setting)} does not apply to --online-method {opt.online_method} '
                          f'(it takes {takes})')
     if opt.online_method == 'none' and opt.online_reset is not None:
         parser.error('--online-reset does not apply to --online-method none, which never adapts')
     try:
         check_online_settings(opt.online_method, opt.online_reset, **online_settings_given(opt))
     except SettingError as error:
-        parser.error(f'{_online_flag(error.setting)} {error.problem}')
+        parser.error(f'{online_flag(error.setting)} {error.problem}')
 
 
 def _split(names: str) -> list:
@@ -288,7 +198,7 @@ def _check_names(parser, opt) -> None:
                          f'$UBNA_DIR_CHECKPOINT')
 
 
-def _check(parser, opt, job: str) -> None:
+def check_options(parser, opt, job: str) -> None:
     """One clear message per bad value, before any work starts."""
     def positive(flag):
         value = getattr(opt, flag.lstrip('-').replace('-', '_'))
@@ -387,7 +297,7 @@ def encoder_depth(opt) -> int:
     return opt.model_num_layers_vgg if opt.model_type == 'vgg' else opt.model_num_layers
 
 
-def _parser(job: str, description: str, groups) -> argparse.ArgumentParser:
+def build_parser(job: str, description: str, groups) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f'{job}.py', description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add_group in groups:
@@ -396,49 +306,23 @@ def _parser(job: str, description: str, groups) -> argparse.ArgumentParser:
 
 
 def _parse(job: str, description: str, groups, argv):
-    parser = _parser(job, description, groups)
+    parser = build_parser(job, description, groups)
     opt = parser.parse_args(argv)
-    _check(parser, opt, job)
+    check_options(parser, opt, job)
     return opt
 
 
 def parse_training_arguments(argv=None) -> argparse.Namespace:
     return _parse('train', 'Pre-train a segmentation network on a labelled source domain.',
-                  (_add_system, _add_model, _add_segmentation_validation, _add_segmentation_training,
-                   _add_training), argv)
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_segmentation_training_flags,
+                   add_training_flags), argv)
 
 
 def parse_adaptation_arguments(argv=None) -> argparse.Namespace:
     return _parse('adapt', "Adapt the encoder's BatchNorm statistics on unlabelled target images (UBNA).",
-                  (_add_system, _add_model, _add_segmentation_validation, _add_training, _add_adaptation), argv)
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_training_flags, add_adaptation_flags), argv)
 
 
 def parse_evaluation_arguments(argv=None) -> argparse.Namespace:
     return _parse('evaluate', 'Report mIoU of a checkpoint on the segmentation validation sets.',
-                  (_add_system, _add_model, _add_segmentation_validation, _add_online_adaptation), argv)
-
-
-def _sweep_parser() -> tuple[argparse.ArgumentParser, dict]:
-    """The sweep's parser, and the defaults of the single-valued twins of its lists (set to None: not given)."""
-    parser = _parser('sweep', 'Adapt and evaluate over the cross product of methods, settings and seeds; tabulate '
-                              'the mean and standard deviation over the seeds.',
-                     (_add_system, _add_model, _add_segmentation_validation, _add_training, _add_adaptation,
-                      _add_online_adaptation, _add_sweep))
-    twins = {_dest(twin): parser.get_default(_dest(twin)) for twin, _, _ in _SWEEP_LISTS.values()}
-    parser.set_defaults(model_name='sweep', online_method=None, **dict.fromkeys(twins))
-    return parser, twins
-
-
-def sweep_defaults() -> dict:
-    """Every sweep option's default value, by its name in the parsed options."""
-    return vars(_sweep_parser()[0].parse_args([]))
-
-
-def parse_sweep_arguments(argv=None) -> argparse.Namespace:
-    """adapt.py's flags, evaluate.py's too, and the sweep's lists (which replace their single-valued twins)."""
-    parser, twins = _sweep_parser()
-    opt = parser.parse_args(argv)
-    _resolve_sweep_lists(parser, opt, twins)
-    _check_sweep_online(parser, opt)
-    _check(parser, opt, 'sweep')
-    return opt
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_online_adaptation_flags), argv)

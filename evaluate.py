@@ -2,50 +2,23 @@
 """Evaluate a checkpoint: mIoU and mean class accuracy on the segmentation validation sets (spec §8)."""
 import os
 
-import cv2
-import numpy as np
-
-from arguments import encoder_depth, online_settings_given, parse_evaluation_arguments, run_seed
+from arguments import online_settings_given, parse_evaluation_arguments, run_seed
 from dataloader.loaders import StartedLoader
-from dataloader.paths import check_environment
-from errors import UserError, run_cli
-from experiment_lock import lock_experiment
-from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
-from state_manager import StateManager, experiment_dir, save_options, write_atomically, write_json
-from validation import (AgainstNone, class_table, evaluate_model, results_dict, summary_table,
-                        validation_loaders_from)
-
-
-def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an H×W×3 uint8 RGB array as PNG, atomically."""
-    def encode(temporary):
-        if not cv2.imwrite(temporary, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise UserError(f'could not write image {path}')
-    write_atomically(path, encode)
-
-
-def save_strips(folder: str, strips) -> None:
-    """eval_images/<domain>/img_<i>.png."""
-    for domain, pictures in strips.items():
-        domain_dir = os.path.join(folder, 'eval_images', domain)
-        os.makedirs(domain_dir, exist_ok=True)
-        for i, picture in enumerate(pictures):
-            write_png(os.path.join(domain_dir, f'img_{i}.png'), picture.permute(1, 2, 0).numpy())
+from errors import run_cli
+from evaluation.pictures import save_strips
+from evaluation.scoring import AgainstNone, evaluate_model
+from evaluation.tables import class_table, results_dict, summary_table
+from experiment.folder import write_json
+from experiment.runtime import LoopTimer, exit_process, teardown_runtime
+from jobs import loaded_model, open_job, validation_loaders_from
 
 
 def main(argv=None) -> dict:
     opt = parse_evaluation_arguments(argv)
-    check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format)
-    folder = experiment_dir(opt.experiment_class, opt.model_name)
-    lock_experiment(folder)
-    save_options(opt, folder)
+    runtime, folder = open_job(opt, run_seed(opt))
     validation = [(name, StartedLoader(loader))  # data first: its errors come first, and its workers start now
                   for name, loader in validation_loaders_from(opt, runtime.device)]
-    state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device,
-                         memory_format=runtime.memory_format)
-    state.load(opt.model_load, weights_only=True)
-    model = state.model
+    model = loaded_model(opt, runtime)
     remaps = opt.segmentation_eval_remaps.split(',')
     online = None if opt.online_method == 'none' else AgainstNone(opt.online_method, model, opt.online_reset,
                                                                   **online_settings_given(opt))

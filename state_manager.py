@@ -1,20 +1,17 @@
-"""The state of a run: model, Adam and StepLR, saved to and restored from checkpoint folders (spec §1, §6);
-and the experiment folder with its files."""
-import json
+"""The state of a run: model, Adam and StepLR, saved to and restored from checkpoint folders (spec §1, §6)."""
 import os
 import pickle
 import re
 import shutil
 import sys
-import tempfile
 import uuid
 import zipfile
 
 import torch
 import torch.nn as nn
 
-from dataloader.paths import checkpoint_path
 from errors import UserError, first_line
+from experiment.folder import checkpoint_path
 from models.encoders import DEPTH_FLAGS
 from models.ubna import build_model
 
@@ -354,46 +351,3 @@ class StateManager:
         if not (isinstance(state, dict) and isinstance(state.get('step'), int) and isinstance(state.get('epoch'), int)):
             raise UserError(f"{path} does not hold {{'step': int, 'epoch': int}}")
         self.step, self.epoch = state['step'], state['epoch']
-
-# ---------------------------------------------------------------------------------------------
-# The experiment folder and its files.
-
-
-def experiment_dir(experiment_class: str, model_name: str) -> str:
-    """$UBNA_DIR_CHECKPOINT/<experiment-class>/<model-name>, created if missing; never a folder outside it."""
-    path = checkpoint_path(os.path.join(experiment_class, model_name))
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once at import (os.umask can only read it by setting it)
-
-
-def write_atomically(path: str, write) -> None:
-    """Call write(temporary_path), then rename over `path`: readers never see half a file."""
-    folder, name = os.path.split(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f'.{name}.', suffix=os.path.splitext(name)[1], dir=folder)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_json(path: str, data) -> None:
-    """Write `data` as indented JSON, atomically."""
-    def dump(temporary):
-        with open(temporary, 'w') as file:
-            json.dump(data, file, indent=2)
-            file.write('\n')
-    write_atomically(path, dump)
-
-
-def save_options(opt, folder: str) -> None:
-    """Store every parsed option as opt.json in the experiment folder."""
-    write_json(os.path.join(folder, 'opt.json'), vars(opt))

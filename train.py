@@ -13,16 +13,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from arguments import encoder_depth, parse_training_arguments, run_seed
+from arguments import parse_training_arguments, run_seed
 from dataloader import loaders
-from dataloader.paths import check_environment
 from dataloader.transforms import to_network_input
 from errors import UserError, run_cli
-from experiment_lock import lock_experiment
+from evaluation.pictures import strip
+from evaluation.scoring import evaluate_model
+from evaluation.tables import summary_table
+from experiment.runtime import LoopTimer, exit_process, teardown_runtime
+from jobs import open_job, training_state, validation_loaders_from
 from losses.segmentation import segmentation_loss
-from runtime import LoopTimer, exit_process, setup_runtime, teardown_runtime
-from state_manager import StateManager, experiment_dir, save_options
-from validation import evaluate_model, strip, summary_table, validation_loaders_from
+from state_manager import StateManager
 
 
 def training_batches(opt, runtime) -> loaders.CyclingLoaders:
@@ -129,22 +130,11 @@ def validate(model, validation, remaps, state, runtime, opt, writer) -> None:
 
 def main(argv=None) -> StateManager:
     opt = parse_training_arguments(argv)
-    check_environment()
-    runtime = setup_runtime(opt.sys_cpu, run_seed(opt), opt.sys_precision, opt.sys_memory_format,
-                            training=True)
-    folder = experiment_dir(opt.experiment_class, opt.model_name)
-    if runtime.is_main:
-        lock_experiment(folder)
-        save_options(opt, folder)
+    runtime, folder = open_job(opt, run_seed(opt), training=True)
     # data first: its errors are the common ones, and its workers decode while the network is built
     batches = training_batches(opt, runtime).start()
     validation = validation_loaders_from(opt, runtime.device) if runtime.is_main else []
-    weights_init = 'checkpoint' if opt.model_load else opt.train_weights_init  # loaded weights replace any init
-    state = StateManager(opt.model_type, encoder_depth(opt), weights_init, opt.train_learning_rate,
-                         opt.train_weight_decay, opt.train_scheduler_step_size, opt.train_scheduler_gamma,
-                         device=runtime.device, memory_format=runtime.memory_format)
-    if opt.model_load:
-        state.load(opt.model_load, weights_only=opt.model_disable_lr_loading)
+    state = training_state(opt, runtime)
     state.build_optimizer()  # while the workers decode the first batches, not inside the first step
     model = distributed_model(state.model, runtime, opt.sys_sync_batchnorm)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=opt.sys_precision == 'fp16')  # fp16 gradients underflow

@@ -26,12 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from dataloader.metrics import ConfusionMatrix, remapped_prediction  # noqa: E402
+from evaluation.metrics import ConfusionMatrix, remapped_prediction  # noqa: E402
 from losses.segmentation import segmentation_loss  # noqa: E402
 from models.adaptation import adapt_batchnorm  # noqa: E402
 from models.ubna import build_model  # noqa: E402
-from runtime import Runtime, choose_memory_format  # noqa: E402
-from validation import upsample_labels  # noqa: E402
+from experiment.runtime import Runtime, choose_memory_format  # noqa: E402
+from evaluation.metrics import upsample_labels  # noqa: E402
 
 LABEL_SIZE = (1024, 2048)
 MODELS = {'resnet18': ('resnet', 18), 'vgg16': ('vgg', 16)}

@@ -35,10 +35,10 @@ from dataloader.labels import PaletteLabel  # noqa: E402
 from dataloader.loaders import (_SOURCES, ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS,  # noqa: E402
                                 adaptation_dataset, training_dataset, validation_dataset)
 from dataloader.paths import dataset_root  # noqa: E402
-from dataloader.resized_copy import (MANIFEST, fingerprint, read_manifest, write_atomically,  # noqa: E402
-                                     write_manifest)
+from dataloader.resized_copy import MANIFEST, fingerprint, read_manifest, write_manifest  # noqa: E402
 from dataloader.transforms import nearest_indices, resize_color  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
+from experiment.folder import write_bytes  # noqa: E402
 
 DEFAULT_RESIZE = {'training': (512, 1024), 'adaptation': (192, 640)}  # the defaults of arguments.py
 LABEL_CATEGORY = 'segmentation'
@@ -158,7 +158,7 @@ def encoded(task: FileTask, source: str, compress: bool) -> bytes:
 
 def write_file(source_root: str, output_root: str, compress: bool, task: FileTask) -> None:
     """Write one file of the copy (in a pool worker), atomically."""
-    write_atomically(os.path.join(output_root, task.path),
+    write_bytes(os.path.join(output_root, task.path),
                      encoded(task, os.path.join(source_root, task.path), compress))
 
 
@@ -196,7 +196,7 @@ def write_copy(loader: str, resize_hw: tuple[int, int] | None, plan: CopyPlan, s
     record(folder, loader, entry)
     for path in plan.json_files:
         with open(os.path.join(source_root, path), 'rb') as file:
-            write_atomically(os.path.join(output_root, path), file.read())
+            write_bytes(os.path.join(output_root, path), file.read())
     with Pool(workers, initializer=cv2.setNumThreads, initargs=(0,)) as pool:  # sequential OpenCV (see loaders)
         writes = pool.imap_unordered(partial(write_file, source_root, output_root, compress), plan.tasks, chunksize=4)
         for _ in tqdm(writes, total=len(plan.tasks), desc=loader, unit='file'):

@@ -15,6 +15,7 @@ from dataloader.resized_copy import check_resized_copy
 from dataloader.transforms import (RESCALE_RANGE, AdaptationTransform, SegmentationTrainTransform,
                                    ValidationTransform, to_network_input)
 from errors import UserError
+from experiment.runtime import next_loader_seed
 
 TRAINING_LOADERS = ('cityscapes_train', 'gta5_train', 'synthia_train')
 ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
@@ -24,8 +25,6 @@ ADAPTATION_PURPOSES = ('adaptation',)
 PIXEL_WORK = ('auto', 'workers', 'device')  # where adaptation images are resized and jittered
 PREFETCH_BATCHES = 4  # per worker
 WORKER_NICENESS = 19  # low-priority workers (CPU runs): they decode while the network's threads do not run
-_LOADER_SEEDS = torch.Generator()  # each new loader draws the seed of its own generator here
-_LOADER_SEEDS.seed()  # a random start: unseeded runs differ, as before
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,6 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def seed_loaders(seed: int) -> None:
-    """The k-th loader made after this call gets the same seed in every run seeded with `seed`; torch's global
-    generator is left alone, so what draws from it (a method, an initialisation) repeats its draws too."""
-    _LOADER_SEEDS.manual_seed(seed)
-
-
 def _init_worker(low_priority: bool, worker_id: int) -> None:
     """Set up a worker process.
 
@@ -175,11 +168,6 @@ def _unchanged(sample: dict) -> dict:
     return sample
 
 
-def _loader_seed() -> int:
-    """The seed of the next generator a loader makes for itself (see seed_loaders)."""
-    return int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS))
-
-
 class DrawingSampler(Sampler):
     """(index, draw) for each index of an order: the main process draws the transform's random parameters, sample by
     sample in the order's sequence, from a generator of its own, so no sample depends on the worker that makes it."""
@@ -214,19 +202,19 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
 
     Workers persist across passes (no fork and warm-up per epoch or restart) and each keeps PREFETCH_BATCHES
     batches in flight. Its order and its workers' seeds, for every pass, come from its own generator, seeded here
-    (see seed_loaders): what draws random numbers after this call does not change them.
+    (see experiment.runtime.seed_loaders): what draws random numbers after this call does not change them.
     """
     num_samples = len(dataset) if sampler is None else len(sampler)
     if drop_last and num_samples < batch_size:
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
     workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES,
                'worker_init_fn': functools.partial(_init_worker, not on_gpu)}
-    generator = torch.Generator().manual_seed(_loader_seed())
+    generator = torch.Generator().manual_seed(next_loader_seed())
     if shuffle and sampler is None and (samples_needed is not None or drawing is not None):
-        order = torch.Generator().manual_seed(_loader_seed()) if drawing is not None else generator
+        order = torch.Generator().manual_seed(next_loader_seed()) if drawing is not None else generator
         sampler = RandomSampler(dataset, num_samples=min(samples_needed or len(dataset), len(dataset)), generator=order)
         if drawing is not None:
-            sampler = DrawingSampler(sampler, drawing, _loader_seed())
+            sampler = DrawingSampler(sampler, drawing, next_loader_seed())
     batching = {'batch_size': None, 'collate_fn': _unchanged} if single_samples else \
         {'batch_size': batch_size, 'drop_last': drop_last, 'collate_fn': collate}
     return DataLoader(dataset, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,

@@ -7,7 +7,6 @@ unchanged for any size), the source dataset folder, the files copied (relative t
 of the source (path, size and mtime of every image copied, content of every JSON file copied) and whether the
 writing finished. A folder without the manifest is an ordinary dataset.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -16,26 +15,13 @@ import sys
 from dataloader.dataset import load_json
 from dataloader.paths import dataset_root
 from errors import UserError
+from experiment.folder import write_bytes
 
 MANIFEST = 'resized_copy.json'
 TOOL = 'data_download/resize_dataset.py'
 ENTRY_KEYS = ('resize_hw', 'written_hw', 'source_folder', 'fingerprint', 'num_files', 'images', 'json_files',
               'complete')
 SIZE_FLAGS = {'training': '--segmentation-resize-height/-width', 'adaptation': '--adaptation-resize-height/-width'}
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write a file under a temporary name and rename it into place, so that it is never seen half written."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f'{path}.{os.getpid()}.tmp'
-    try:
-        with open(temporary, 'wb') as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 def fingerprint(source_root: str, images: list[str], json_files: list[str]) -> str:
@@ -66,7 +52,7 @@ def read_manifest(folder: str) -> dict[str, dict]:
 
 def write_manifest(folder: str, entries: dict[str, dict]) -> None:
     """Write <folder>/resized_copy.json atomically."""
-    write_atomically(os.path.join(folder, MANIFEST), json.dumps({'loaders': entries}).encode())
+    write_bytes(os.path.join(folder, MANIFEST), json.dumps({'loaders': entries}).encode())
 
 
 def rebuild_command(loader: str, resize_hw, source_root: str, copy_root: str) -> str:

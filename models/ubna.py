@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from errors import UserError
-from models.decoder import NUM_STEPS, Decoder, SegmentationOutput
+from models.decoder import NUM_OUTPUTS, NUM_STEPS, Decoder, SegmentationOutput
 from models.encoders import build_encoder
 
 STRIDE = 32
@@ -47,7 +47,11 @@ def check_input_size(x: torch.Tensor) -> None:
 
 
 class UBNA(nn.Module):
-    """Normalised images N×3×H×W (H, W multiples of 32, at least 64) → logits N×20×H×W."""
+    """Normalised images N×3×H×W (H, W multiples of 32, at least 64) → logits N×20×H×W; the adaptation protocol
+    (models/adaptation/layers.py): its encoder's BatchNorm layers, fed by the encoder alone, and 19 class logits
+    (the 20th channel is the reference's unused class)."""
+    num_classes = NUM_OUTPUTS - 1
+    adaptable_layers_description = 'encoder BatchNorm'
 
     def __init__(self, encoder: nn.Module, model_type: str, num_layers: int):
         super().__init__()
@@ -60,7 +64,11 @@ class UBNA(nn.Module):
         check_input_size(x)
         return self.seg(*self.common(x))
 
-    def encoder_statistics_pass(self, x: torch.Tensor) -> None:
+    def adaptable_layers(self) -> list:
+        """The encoder's BatchNorm layers (nothing after the encoder has one), in adaptation order."""
+        return encoder_batchnorm_layers(self)
+
+    def statistics_pass(self, x: torch.Tensor) -> None:
         """The encoder alone, for its BatchNorm layers: all that their statistics depend on (adaptation needs no
         logits)."""
         check_input_size(x)

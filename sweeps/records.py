@@ -9,7 +9,7 @@ from collections import Counter
 from dataloader.labels import CLASS_NAMES
 from dataloader.loaders import pixel_work_on_device
 from errors import UserError
-from state_manager import write_atomically, write_json
+from experiment.folder import write_atomically, write_json
 from sweeps.grid import SETTINGS, Run
 
 COMMAND_FILE = 'sweep.json'
@@ -57,7 +57,7 @@ def _number(value) -> str:
 
 
 def run_rows(run: Run, results: dict, seconds: float) -> list[dict]:
-    """The runs.csv rows of one run from validation.results_dict: one per validation domain and remap."""
+    """The runs.csv rows of one run from evaluation.tables.results_dict: one per validation domain and remap."""
     rows = []
     for domain, remaps in results['domains'].items():
         for remap, scores in remaps.items():

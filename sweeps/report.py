@@ -5,7 +5,7 @@ import itertools
 import os
 import statistics
 
-from state_manager import write_atomically
+from experiment.folder import write_atomically
 from sweeps.grid import LABELS, METHODS, NO_ADAPTATION
 
 SUMMARY_FILE = 'summary.md'

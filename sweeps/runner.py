@@ -5,17 +5,18 @@ import time
 
 from tqdm import tqdm
 
-from arguments import encoder_depth, online_settings_of, sweep_defaults
+from arguments import encoder_depth, online_settings_of
 from dataloader import loaders
 from dataloader.loaders import StartedLoader
-from experiment_lock import lock_experiment
+from evaluation.scoring import evaluate_model
+from evaluation.tables import results_dict
+from experiment.runtime import seed_everything, teardown_runtime
+from jobs import loaded_model, open_job, validation_loaders_from
 from models.adaptation import adapt_batchnorm, build_online_method, check_finite_statistics
 from models.ubna import build_model
-from runtime import seed_everything, setup_runtime, teardown_runtime
-from state_manager import StateManager, experiment_dir
 from sweeps import records, report
 from sweeps.grid import NO_ADAPTATION, ONLINE, Run, chains, sweep_runs
-from validation import evaluate_model, results_dict, validation_loaders_from
+from sweeps.options import sweep_defaults
 
 VALIDATION_KEYS = ('input', 'label', 'domain')  # what evaluate_model reads of a batch
 
@@ -54,9 +55,7 @@ class Sweep:
         self.remaps = opt.segmentation_eval_remaps.split(',')
         started = [(name, StartedLoader(loader))  # data first: its errors come first, its workers start now
                    for name, loader in validation_loaders_from(opt, runtime.device)]
-        state = StateManager(opt.model_type, encoder_depth(opt), 'checkpoint', device=runtime.device)
-        state.load(opt.model_load, weights_only=True)
-        self.source = state.model.state_dict()
+        self.source = loaded_model(opt, runtime).state_dict()
         self.validation = decode_validation(started)
         self.seed_batches = None
         self.model = None
@@ -121,9 +120,7 @@ def run_sweep(opt) -> str:
     """Run the runs of `opt` that runs.csv does not hold yet, then write summary.md and the plots; returns the
     sweep folder."""
     # seeded with the first seed here, then with each run's seed where its batches start
-    runtime = setup_runtime(opt.sys_cpu, opt.seeds[0], opt.sys_precision, opt.sys_memory_format)
-    folder = experiment_dir(opt.experiment_class, opt.model_name)
-    lock_experiment(folder)
+    runtime, folder = open_job(opt, opt.seeds[0], record_options=False)  # sweep.json is recorded once checked
     rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
     table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
     records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda')

@@ -147,8 +147,8 @@ def test_batchnorm_layers_write_over_their_inputs_only_in_a_statistics_pass_with
         lambda module, inputs, output: outputs.append(output is inputs[0]))
     with torch.no_grad():
         model(images)
-        model.encoder_statistics_pass(images)
-    model.encoder_statistics_pass(images)  # autograd on: the input may be needed for the gradient
+        model.statistics_pass(images)
+    model.statistics_pass(images)  # autograd on: the input may be needed for the gradient
     assert outputs == [False, True, False]
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dataloader.dataset import ImageDataset, read_image, read_parameters, read_split
-from dataloader.paths import checkpoint_root, dataset_root
+from experiment.folder import checkpoint_root
+from dataloader.paths import dataset_root
 from errors import UserError
 from tests.dataset_fixtures import noise_image, write_dataset, write_json
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance
 
 from dataloader import device_transforms, loaders, transforms
 from dataloader.transforms import AdaptationDraw, AdaptationTransform, Jitter
-from runtime import seed_everything
+from experiment.runtime import seed_everything
 from tests.dataset_fixtures import noise_image, write_dataset
 
 DEVICE = torch.device(os.environ.get('UBNA_TEST_DEVICE', 'cpu'))

@@ -154,7 +154,7 @@ def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(killed_training,
     folder = os.path.join(root, 'e2e', 'busy')
     os.makedirs(folder)
     holder = subprocess.Popen(  # another run holding the experiment folder
-        [sys.executable, '-c', 'import sys, time; from experiment_lock import lock_experiment; '
+        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_experiment; '
                                'lock_experiment(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     evaluate = SMALL_MODEL + ['--model-name', 'busy', '--model-load', f'e2e/killed/checkpoints/epoch_{EPOCHS}',

@@ -12,7 +12,7 @@ from dataloader.loaders import (ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION
                                 adaptation_dataset, check_loader_names, collate, make_loader, training_dataset,
                                 validation_dataset, validation_loaders)
 from errors import UserError, user_message
-from runtime import seed_everything
+from experiment.runtime import seed_everything
 from tests.dataset_fixtures import write_dataset
 
 

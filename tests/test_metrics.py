@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from dataloader.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
-from validation import upsample_labels
+from evaluation.metrics import REMAPS, ConfusionMatrix, remapped_label, remapped_prediction
+from evaluation.metrics import upsample_labels
 
 
 def logits_for(top: list, second: list = None) -> torch.Tensor:

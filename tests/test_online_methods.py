@@ -92,7 +92,7 @@ def train_mode_statistics(model, images, layers_of=default_layers) -> dict:
         layer.train()
     seen, hooks = record_inputs(layers)
     with torch.no_grad():
-        getattr(twin, 'encoder_statistics_pass', twin)(images)
+        getattr(twin, 'statistics_pass', twin)(images)
     for hook in hooks:
         hook.remove()
     return {name: mean_and_variance(inputs[0]) for name, inputs in seen.items()}

@@ -15,13 +15,15 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from dataloader.labels import TRAIN_ID_COLORS
-from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader, seed_loaders
+from dataloader.loaders import CyclingLoaders, StartedLoader, make_loader
+from experiment.runtime import seed_loaders
 from models.ubna import build_model
-from runtime import LoopTimer, Runtime, setup_runtime
+from experiment.runtime import LoopTimer, Runtime, setup_runtime
 from state_manager import StateManager
 from tests.conftest import REPO, run_script
 from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
-from validation import evaluate_model, strip
+from evaluation.scoring import evaluate_model
+from evaluation.pictures import strip
 
 TIMING_LINE = (r'{}: first batch [\d.]+ s after start; then \d+ images in [\d.]+ s \([\d.]+ images/s'
                r'(; [\d.]+ in the second half)?\)')
@@ -93,7 +95,7 @@ def test_workers_forked_after_opencv_started_its_threads_do_not_hang():
 JOB_END = """
 import atexit, sys, threading, time
 from dataloader.loaders import make_loader
-from runtime import exit_process
+from experiment.runtime import exit_process
 from tests.test_speed_paths import WorkerSetup
 batches = iter(make_loader(WorkerSetup(), 2, False, False, 2, False))
 next(batches)  # persistent workers are alive at the end
@@ -150,7 +152,7 @@ class Clock:
 
 
 def test_the_loop_timer_gives_the_rate_of_the_loop_s_second_half_on_its_own(monkeypatch):
-    monkeypatch.setattr('runtime.time', Clock([0, 1, 2, 3, 5, 7, 9, 11, 15]))  # 8 batches arrive, then the end
+    monkeypatch.setattr('experiment.runtime.time', Clock([0, 1, 2, 3, 5, 7, 9, 11, 15]))  # 8 batches arrive, then the end
     timer = LoopTimer(SimpleNamespace(synchronize=lambda: None, device=torch.device('cpu')))
     assert len(list(timer.wrap([torch.zeros(2, 1)] * 8))) == 8
     # after the first batch 14 images in 15 s; from the fifth batch's arrival (at 5 s, 8 images counted) 6 in 10 s
@@ -240,7 +242,7 @@ def test_a_network_built_for_a_checkpoint_draws_nothing_from_the_seeded_generato
 
 def test_the_encoder_statistics_pass_refuses_sizes_the_network_cannot_take():
     with pytest.raises(Exception, match='multiples of 32 and at least 64'):
-        build_model('resnet', 18, 'checkpoint').encoder_statistics_pass(torch.zeros(1, 3, 64, 100))
+        build_model('resnet', 18, 'checkpoint').statistics_pass(torch.zeros(1, 3, 64, 100))
 
 
 def test_evaluation_frees_a_batch_before_the_next_forward_pass():

@@ -6,7 +6,8 @@ import torch
 
 from errors import UserError
 from models.ubna import build_model
-from state_manager import StateManager, describe_architecture, experiment_dir
+from state_manager import StateManager, describe_architecture
+from experiment.folder import experiment_dir
 from tests.test_models import ALL_BACKBONES, published_shapes
 from tests.test_models import no_network, one_thread  # noqa: F401 (autouse fixtures, shared)
 

@@ -12,7 +12,8 @@ import torch
 
 from errors import UserError, run_cli
 import sweep
-from arguments import parse_adaptation_arguments, parse_sweep_arguments, run_seed, sweep_defaults
+from arguments import parse_adaptation_arguments, run_seed
+from sweeps.options import parse_sweep_arguments, sweep_defaults
 from sweeps import records
 from tests.conftest import REPO, run_script
 

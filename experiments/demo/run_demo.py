@@ -29,9 +29,10 @@ from data_download.make_synthetic import make_synthetic  # noqa: E402
 from dataloader import loaders  # noqa: E402
 from dataloader.transforms import to_network_input  # noqa: E402
 from models.adaptation import ONLINE_METHODS, adapt_batchnorm  # noqa: E402
-from runtime import Runtime, seed_everything  # noqa: E402
+from experiment.runtime import Runtime, seed_everything  # noqa: E402
 from state_manager import StateManager  # noqa: E402
-from validation import colorize, evaluate_model  # noqa: E402
+from evaluation.pictures import colorize  # noqa: E402
+from evaluation.scoring import evaluate_model  # noqa: E402
 
 CLASS = 'demo'
 CPU = Runtime(torch.device('cpu'))

@@ -1,11 +1,18 @@
-"""Finding the BatchNorm layers that a method adapts, putting them into a mode for one pass, and restoring them."""
+"""Finding the layers that a method adapts, putting them into a mode for one pass, and restoring them.
+
+A network tells the adaptation about itself through these optional members (models/ubna.py has all of them);
+without them every BatchNorm layer is adapted, by the full forward pass, and every logit channel is a class:
+    adaptable_layers() -> [(name, layer)]   the normalisation layers that adaptation may change, in adaptation order
+    adaptable_layers_description: str       those layers in words, for messages ('encoder BatchNorm')
+    statistics_pass(images)                 the cheapest forward pass that feeds every adaptable layer
+    num_classes: int                        how many leading logit channels score classes
+"""
 import contextlib
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from errors import UserError
-from models.ubna import UBNA
 
 
 def batchnorm_layers(model: torch.nn.Module, prefix: str | None = None) -> list:
@@ -15,13 +22,20 @@ def batchnorm_layers(model: torch.nn.Module, prefix: str | None = None) -> list:
 
 
 def default_layers(model: torch.nn.Module) -> list:
-    """The encoder's BatchNorm layers of a UBNA network (nothing after its encoder has one), else every one."""
-    return batchnorm_layers(model, 'common.encoder.' if isinstance(model, UBNA) else None)
+    """The layers the network offers for adaptation (adaptable_layers), else every BatchNorm layer."""
+    offered = getattr(model, 'adaptable_layers', None)
+    return batchnorm_layers(model) if offered is None else offered()
 
 
 def statistics_pass(model: torch.nn.Module):
-    """The cheapest forward that feeds every adapted layer: the encoder alone where the network offers it."""
-    return getattr(model, 'encoder_statistics_pass', model)
+    """The cheapest forward that feeds every adapted layer: the network's statistics_pass, else its forward."""
+    return getattr(model, 'statistics_pass', model)
+
+
+def class_logits(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The channels of `logits` that score classes (num_classes of the network, else all)."""
+    classes = getattr(model, 'num_classes', None)
+    return logits if classes is None else logits[:, :classes]
 
 
 def set_momenta(layers: list, momenta: list) -> None:
@@ -71,7 +85,7 @@ def check_finite_statistics(model: torch.nn.Module, layers: list | None = None) 
     broken = [name for name, layer in layers
               if not (torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all())]
     if broken:
-        kind = 'encoder BatchNorm' if isinstance(model, UBNA) else 'BatchNorm'
+        kind = getattr(model, 'adaptable_layers_description', 'BatchNorm')
         raise UserError(f'the running statistics of {len(broken)} {kind} layers became non-finite '
                         f'(first: {broken[0]}), so nothing was saved; check the weights of --model-load and the '
                         f'target images')

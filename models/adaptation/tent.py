@@ -8,10 +8,8 @@ import contextlib
 import torch
 
 from models.adaptation.base import OnlineMethod, Setting, logits_of, positive
-from models.adaptation.layers import training_mode
+from models.adaptation.layers import class_logits, training_mode
 from models.adaptation.registry import register
-from models.decoder import NUM_OUTPUTS
-from models.ubna import UBNA
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -54,14 +52,10 @@ class Tent(OnlineMethod):
         super().reset()
         self.optimizer = self.new_optimizer()  # Adam's moments start afresh, as the reference reloads its state
 
-    def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The logits of the classes: a UBNA network's last output channel is an unused class."""
-        return logits[:, :NUM_OUTPUTS - 1] if isinstance(self.model, UBNA) else logits
-
     def adapt_and_predict(self, images):
         with training_mode(self.model, self.layers, track=False):
             with torch.enable_grad(), gradients_only_for(self.model, self.parameters):
-                mean_entropy(self.class_logits(logits_of(self.model(images)))).backward()
+                mean_entropy(class_logits(self.model, logits_of(self.model(images)))).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             return self.predict(images)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dataloader.loaders import seed_loaders
-
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _IMPORTED = time.perf_counter()
+_LOADER_SEEDS = torch.Generator()  # each new loader draws the seed of its own generator here
+_LOADER_SEEDS.seed()  # a random start: unseeded runs differ
 
 
 MEMORY_FORMATS = ('auto', 'channels_last', 'contiguous')
@@ -61,6 +61,17 @@ def seed_everything(seed: int = 1) -> None:
     seed_loaders(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def seed_loaders(seed: int) -> None:
+    """The k-th loader made after this call gets the same seed in every run seeded with `seed`; torch's global
+    generator is left alone, so what draws from it (a method, an initialisation) repeats its draws too."""
+    _LOADER_SEEDS.manual_seed(seed)
+
+
+def next_loader_seed() -> int:
+    """The seed of the next generator a loader makes for itself (see seed_loaders)."""
+    return int(torch.randint(2 ** 62, (), generator=_LOADER_SEEDS))
 
 
 def choose_memory_format(choice: str, training: bool, precision: str, device: torch.device) -> torch.memory_format:

@@ -6,6 +6,7 @@ CPU wait until the GPU has finished the batch's forward pass, so that the next b
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 NUM_CLASSES = 19
 
@@ -28,6 +29,13 @@ def _renumbering(remap: str, device: torch.device) -> torch.Tensor:
     table = torch.full((256,), 255, dtype=torch.long)
     table[list(REMAPS[remap])] = torch.arange(len(REMAPS[remap]))
     return table.to(device)
+
+
+def upsample_labels(prediction: torch.Tensor, size) -> torch.Tensor:
+    """Nearest upsampling of an N×h×w map of class indices (argmax first: 1 channel instead of 20)."""
+    if tuple(prediction.shape[-2:]) == tuple(size):
+        return prediction
+    return F.interpolate(prediction[:, None].float(), size=size, mode='nearest')[:, 0].long()
 
 
 def remapped_prediction(logits: torch.Tensor, remap: str, skip_unused_class: bool = False) -> torch.Tensor:

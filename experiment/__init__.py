@@ -1,0 +1,1 @@
+"""What every run stands on: its experiment folder (paths, the one atomic writer, the lock) and its runtime."""
