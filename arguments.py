@@ -12,8 +12,8 @@ import math
 from dataloader import loaders
 from evaluation.metrics import REMAPS
 from experiment.folder import relative_name_problem
-from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SettingError, check_online_settings, online_settings,
-                               setting_flags)
+from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SCHEDULES, SettingError, check_online_settings,
+                               online_settings, setting_flags)
 from experiment.runtime import MEMORY_FORMATS, PRECISIONS
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
@@ -121,8 +121,7 @@ def add_adaptation_flags(parser):
                             'the hue shift: on the device PIL\'s HSV round trip, as in the reference; in the workers '
                             'OpenCV\'s HSV, which rounds differently by a level or two')
     group.add_argument('--adaptation-mode-sequential', default='none', choices=MODES,
-                       help='none: constant momentum; batch_shrinking: UBNA; layer_shrinking: UBNA+; '
-                            '(ours) target_only: cumulative average over the target batches (AdaBN)')
+                       help='; '.join(f'{name}: {schedule.help}' for name, schedule in SCHEDULES.items()))
     group.add_argument('--adaptation-alpha-batch', type=float, default=0.1)
     group.add_argument('--adaptation-alpha-layer', type=float, default=0.1)
     group.add_argument('--adaptation-batchnorm-momentum', type=float, default=0.1)
@@ -314,15 +313,17 @@ def _parse(job: str, description: str, groups, argv):
 
 def parse_training_arguments(argv=None) -> argparse.Namespace:
     return _parse('train', 'Pre-train a segmentation network on a labelled source domain.',
-                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_segmentation_training_flags,
-                   add_training_flags), argv)
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags,
+                   add_segmentation_training_flags, add_training_flags), argv)
 
 
 def parse_adaptation_arguments(argv=None) -> argparse.Namespace:
     return _parse('adapt', "Adapt the encoder's BatchNorm statistics on unlabelled target images (UBNA).",
-                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_training_flags, add_adaptation_flags), argv)
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_training_flags,
+                   add_adaptation_flags), argv)
 
 
 def parse_evaluation_arguments(argv=None) -> argparse.Namespace:
     return _parse('evaluate', 'Report mIoU of a checkpoint on the segmentation validation sets.',
-                  (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_online_adaptation_flags), argv)
+                  (add_system_flags, add_model_flags, add_segmentation_validation_flags,
+                   add_online_adaptation_flags), argv)

@@ -51,7 +51,7 @@ class Jitter:
 
 def shift_hue(rgb: np.ndarray, shift: int) -> np.ndarray:
     """The 8-bit hue of an RGB array shifted by `shift` (mod 256) in OpenCV's HSV: like PIL's HSV, which torchvision
-    uses, and 20x faster, but rounded differently by a level or two; a shift of 0 leaves the array as it is."""
+    uses, and much faster, but rounded differently by a level or two; a shift of 0 leaves the array as it is."""
     if shift == 0:
         return rgb
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
@@ -104,7 +104,7 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 def to_network_input(images: torch.Tensor, device: torch.device | str,
                      memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 N×3×H×W images → normalised float on `device` in `memory_format` (converted there: cheap on a GPU).
-    Normalised before the layout changes: per channel along rows, the arithmetic is 8x faster on the CPU."""
+    Normalised before the layout changes: per channel along rows, the arithmetic is faster on the CPU."""
     images = images.to(device, non_blocking=True)
     return normalize(images.float().div_(255)).contiguous(memory_format=memory_format)
 

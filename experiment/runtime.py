@@ -75,9 +75,9 @@ def next_loader_seed() -> int:
 
 
 def choose_memory_format(choice: str, training: bool, precision: str, device: torch.device) -> torch.memory_format:
-    """channels_last where measured faster: the forward passes of adaptation and evaluation (CPU: 1.2-1.4x for
-    ResNet-18; H200: 1.4x for the VGG16 encoder) and mixed-precision training on a GPU (tensor cores read NHWC).
-    fp32 training stays contiguous (on the CPU channels_last is no faster for ResNet, slower for VGG)."""
+    """channels_last where it is faster (docs/performance.md): the forward passes of adaptation and evaluation, and
+    mixed-precision training on a GPU (tensor cores read NHWC). fp32 training stays contiguous (on the CPU
+    channels_last is no faster for ResNet, slower for VGG)."""
     if choice == 'auto':
         faster = not training or (precision != 'fp32' and device.type == 'cuda')
         return torch.channels_last if faster else torch.contiguous_format
@@ -99,7 +99,6 @@ def setup_runtime(use_cpu: bool, seed: int | None, precision: str = 'fp32', memo
     device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
     if use_cuda and 'OMP_NUM_THREADS' not in os.environ:
         # the network runs on the GPU: the CPU is the loader workers'. Intra-op threads here only contend with them
-        # (H100, 16 cores, 14 workers: train.py 95 images/s with one thread, under 50 with 16)
         torch.set_num_threads(1)
     if use_cuda and world_size > 1:
         torch.cuda.set_device(local_rank)  # for NCCL; alone, the context is made on first use, after the workers start
@@ -109,7 +108,8 @@ def setup_runtime(use_cpu: bool, seed: int | None, precision: str = 'fp32', memo
         seed_everything(seed)
     elif use_cuda:
         torch.backends.cudnn.benchmark = training
-    return Runtime(device, rank, world_size, precision, choose_memory_format(memory_format, training, precision, device))
+    memory_format = choose_memory_format(memory_format, training, precision, device)
+    return Runtime(device, rank, world_size, precision, memory_format)
 
 
 def teardown_runtime(runtime: Runtime) -> None:
@@ -123,8 +123,8 @@ def exit_process(code: int) -> None:
     """End a job's process with status `code` once its Python clean-up has run (the atexit handlers, as a normal
     exit runs them: experiment locks released, loader workers stopped and joined) and its output is flushed,
     skipping the interpreter's teardown and the libraries' static destructors. Those are what a normal exit adds
-    with the CUDA build of torch: its libraries page about 125 MiB back in for their destructors, 0.4-0.9 s on
-    the 2-core CPU machine. While a non-daemon thread still runs, the exit is the normal one, which waits for it."""
+    with the CUDA build of torch: its libraries page their memory back in for their destructors, a noticeable part
+    of a short job. While a non-daemon thread still runs, the exit is the normal one, which waits for it."""
     if any(thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
            for thread in threading.enumerate()):
         sys.exit(code)

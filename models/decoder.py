@@ -48,8 +48,7 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor, features: list) -> torch.Tensor:
         """features: the encoder maps, coarsest first. Each skip map is taken out of the list (None left) once
-        padded for its step, so that it is freed before that step's conv (ResNet-18 at 512x1024: the peak of a
-        forward pass goes from 170 to about 120 MiB)."""
+        padded for its step, so that it is freed before that step's conv (a lower peak of memory)."""
         for step in self.steps:
             block, skip_index = self.blocks[f'step_{step}'], step // 2 + 1
             padded_skip = None

@@ -81,8 +81,7 @@ def build_model(model_type: str, num_layers: int, weights_init: str, device: str
     'checkpoint' (a checkpoint replaces every tensor: the modules' default init only, drawing nothing from the seeded
     generators; loaded into the final layout, it is copied once).
 
-    Built straight on its device: faster than allocating on the meta device and then on the device (its first use
-    costs about 0.5 s), and initialising a network costs little beside that.
+    Built straight on its device: the meta device's first use costs more than initialising the network.
     """
     device = torch.device(device)
     unseen_draws = (torch.random.fork_rng(devices=[device] if device.type == 'cuda' else [])

@@ -2,16 +2,13 @@
 import itertools
 from dataclasses import dataclass
 
-from models.adaptation import MODES, ONLINE_METHODS
+from models.adaptation import MODES, ONLINE_METHODS, SCHEDULES
 
 NO_ADAPTATION = 'no_adaptation'  # the source model as it is: the paper's baseline (online method 'none')
 ONLINE = tuple(name for name in ONLINE_METHODS if name != 'none')  # adapt while evaluating (evaluate.py)
 METHODS = (NO_ADAPTATION, *MODES, *ONLINE)  # offline 'none' is adapt.py's constant momentum
-LABELS = {NO_ADAPTATION: 'no adaptation', 'none': 'constant momentum', 'batch_shrinking': 'UBNA',
-          'layer_shrinking': 'UBNA+', 'target_only': 'target_only (AdaBN)'}
-_USES = {NO_ADAPTATION: (), 'none': ('num_batches',), 'target_only': ('num_batches',),
-         'batch_shrinking': ('num_batches', 'alpha_batch'),
-         'layer_shrinking': ('num_batches', 'alpha_batch', 'alpha_layer')}
+LABELS = {NO_ADAPTATION: 'no adaptation', **{name: schedule.label for name, schedule in SCHEDULES.items()}}
+_USES = {NO_ADAPTATION: (), **{name: schedule.uses for name, schedule in SCHEDULES.items()}}
 SETTINGS = ('method', 'num_batches', 'alpha_batch', 'alpha_layer', 'seed')  # what keys a run in runs.csv
 
 

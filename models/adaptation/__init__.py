@@ -1,5 +1,6 @@
-"""BatchNorm adaptation for any network with BatchNorm layers: the offline schedules of adapt.py (offline.py) and
-the online methods of `evaluate.py --online-method` (one file each, registered by name in registry.py).
+"""BatchNorm adaptation for any network with BatchNorm layers: the offline schedules of adapt.py (offline.py,
+registered by name) and the online methods of `evaluate.py --online-method` (one file each, registered by name in
+registry.py). A network may name its adaptable layers itself (the protocol in layers.py).
 
     layers = batchnorm_layers(model, prefix='backbone.')         # or None: the UBNA encoder's, else every one
     adapt_batchnorm(model, batches, 'batch_shrinking', 0.1, 0.08, 0.0, layers=layers)      # offline
@@ -11,7 +12,8 @@ import pkgutil
 
 from models.adaptation.base import RESETS, OnlineMethod, Setting, SettingError, logits_of
 from models.adaptation.layers import batchnorm_layers, check_finite_statistics, default_layers, set_momenta
-from models.adaptation.offline import MODES, adapt_batchnorm, layer_momenta, prepare_batchnorm
+from models.adaptation.offline import (MODES, SCHEDULES, Schedule, adapt_batchnorm, layer_momenta, prepare_batchnorm,
+                                      register_schedule)
 from models.adaptation.registry import (METHODS, build_online_method, check_online_settings, online_settings,
                                         register, setting_flags)
 
@@ -20,7 +22,7 @@ for _module in pkgutil.iter_modules(__path__):  # every method's file registers 
 
 ONLINE_METHODS = tuple(sorted(METHODS))
 
-__all__ = ['MODES', 'ONLINE_METHODS', 'RESETS', 'OnlineMethod', 'Setting', 'SettingError', 'adapt_batchnorm',
-           'batchnorm_layers', 'build_online_method', 'check_finite_statistics', 'check_online_settings',
-           'default_layers', 'layer_momenta', 'logits_of', 'online_settings', 'prepare_batchnorm', 'register',
-           'set_momenta', 'setting_flags']
+__all__ = ['MODES', 'ONLINE_METHODS', 'RESETS', 'SCHEDULES', 'OnlineMethod', 'Schedule', 'Setting', 'SettingError',
+           'adapt_batchnorm', 'batchnorm_layers', 'build_online_method', 'check_finite_statistics',
+           'check_online_settings', 'default_layers', 'layer_momenta', 'logits_of', 'online_settings',
+           'prepare_batchnorm', 'register', 'register_schedule', 'set_momenta', 'setting_flags']

@@ -7,6 +7,8 @@ BatchNorm keep the cumulative average over all batches seen since a reset.
 """
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -14,24 +16,39 @@ from tqdm import tqdm
 from models.adaptation.layers import default_layers, statistics_pass, training_mode
 
 
-def _constant(k, layer, m0, alpha_batch, alpha_layer):  # PyTorch's default behaviour, m0 = 0.1 unless changed
-    return m0
+@dataclass(frozen=True)
+class Schedule:
+    """An offline schedule (`--adaptation-mode-sequential` value): the momentum of layer l = 1..L before batch k."""
+    name: str
+    label: str  # its name in tables and plots
+    momentum: Callable  # (k, l, m0, alpha_batch, alpha_layer) -> momentum, or None for the cumulative average
+    uses: tuple[str, ...]  # the sweep settings it depends on, of 'num_batches', 'alpha_batch', 'alpha_layer'
+    help: str
+    discards_source: bool = False  # the running statistics restart from the target batches alone
 
 
-def _batch_shrinking(k, layer, m0, alpha_batch, alpha_layer):  # UBNA: m_k = m0 * exp(-alpha_batch * k)
-    return m0 * math.exp(-alpha_batch * k)
+SCHEDULES: dict = {}  # name -> Schedule, in the order of the flag's choices
 
 
-def _layer_shrinking(k, layer, m0, alpha_batch, alpha_layer):  # UBNA+: m_k * exp(-alpha_layer * l)
-    return m0 * math.exp(-alpha_batch * k) * math.exp(-alpha_layer * layer)
+def register_schedule(schedule: Schedule) -> Schedule:
+    """Make a schedule available to adapt.py and the sweep under its name."""
+    SCHEDULES[schedule.name] = schedule
+    return schedule
 
 
-def _cumulative_average(k, layer, m0, alpha_batch, alpha_layer):  # AdaBN: the average over the target batches
-    return None
-
-
-SCHEDULES = {'none': _constant, 'batch_shrinking': _batch_shrinking, 'layer_shrinking': _layer_shrinking,
-             'target_only': _cumulative_average}
+register_schedule(Schedule(  # PyTorch's default behaviour, m0 = 0.1 unless changed
+    'none', 'constant momentum', lambda k, layer, m0, alpha_batch, alpha_layer: m0, ('num_batches',),
+    'constant momentum'))
+register_schedule(Schedule(  # UBNA: m_k = m0 * exp(-alpha_batch * k)
+    'batch_shrinking', 'UBNA', lambda k, layer, m0, alpha_batch, alpha_layer: m0 * math.exp(-alpha_batch * k),
+    ('num_batches', 'alpha_batch'), 'UBNA'))
+register_schedule(Schedule(  # UBNA+: m_k * exp(-alpha_layer * l)
+    'layer_shrinking', 'UBNA+',
+    lambda k, layer, m0, alpha_batch, alpha_layer: m0 * math.exp(-alpha_batch * k) * math.exp(-alpha_layer * layer),
+    ('num_batches', 'alpha_batch', 'alpha_layer'), 'UBNA+'))
+register_schedule(Schedule(  # AdaBN: the average over the target batches
+    'target_only', 'target_only (AdaBN)', lambda k, layer, m0, alpha_batch, alpha_layer: None, ('num_batches',),
+    '(ours) cumulative average over the target batches (AdaBN)', discards_source=True))
 MODES = tuple(SCHEDULES)
 
 
@@ -39,14 +56,14 @@ def layer_momenta(mode: str, batch_index: int, num_layers: int, momentum: float,
                   alpha_batch: float, alpha_layer: float) -> list:
     """The momentum of each BatchNorm layer (l = 1..num_layers) for batch k = batch_index."""
     if mode not in SCHEDULES:
-        raise ValueError(f'unknown adaptation mode {mode!r}; choose one of {", ".join(MODES)}')
-    return [SCHEDULES[mode](batch_index, layer, momentum, alpha_batch, alpha_layer)
+        raise ValueError(f'unknown adaptation mode {mode!r}; choose one of {", ".join(SCHEDULES)}')
+    return [SCHEDULES[mode].momentum(batch_index, layer, momentum, alpha_batch, alpha_layer)
             for layer in range(1, num_layers + 1)]
 
 
 def prepare_batchnorm(mode: str, layers: list) -> None:
     """Reset the running statistics where the mode discards the source statistics (target_only)."""
-    if mode == 'target_only':
+    if SCHEDULES[mode].discards_source:
         for _, layer in layers:
             layer.reset_running_stats()
 
