@@ -12,13 +12,15 @@ import math
 from dataloader import loaders
 from evaluation.metrics import REMAPS
 from experiment.folder import relative_name_problem
+from experiment.runtime import MEMORY_FORMATS, PRECISIONS
 from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SCHEDULES, SettingError, check_online_settings,
                                online_settings, setting_flags)
-from experiment.runtime import MEMORY_FORMATS, PRECISIONS
+from models.backbones import BACKBONES
 
 DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, as in the reference
 MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
 DEFAULT_SEED = 1  # the seed of --sys-best-effort-determinism, as in the reference
+DEFAULT_MODEL_TYPE = 'resnet'
 
 
 def add_system_flags(parser):
@@ -43,11 +45,10 @@ def add_system_flags(parser):
 
 def add_model_flags(parser):
     group = parser.add_argument_group('model')
-    group.add_argument('--model-type', default='resnet', choices=('resnet', 'vgg'), help='encoder family')
-    group.add_argument('--model-num-layers', type=int, default=18, choices=(18, 34, 50, 101, 152),
-                       help='ResNet depth')
-    group.add_argument('--model-num-layers-vgg', type=int, default=16, choices=(11, 13, 16, 19),
-                       help='VGG depth (with BatchNorm)')
+    group.add_argument('--model-type', default=DEFAULT_MODEL_TYPE, choices=tuple(BACKBONES), help='encoder family')
+    for entry in BACKBONES.values():  # one depth flag per family, in registration order
+        group.add_argument(entry.depth_flag, type=int, default=entry.default_depth, choices=entry.depths,
+                           help=entry.depth_help)
     group.add_argument('--experiment-class', default='iccv_experiments',
                        help='folder under $UBNA_DIR_CHECKPOINT that holds this series of experiments')
     group.add_argument('--model-name', default='ubna', help='name of this experiment (its folder)')
@@ -293,7 +294,7 @@ def run_seed(opt) -> int | None:
 
 def encoder_depth(opt) -> int:
     """The depth flag that applies to --model-type."""
-    return opt.model_num_layers_vgg if opt.model_type == 'vgg' else opt.model_num_layers
+    return getattr(opt, BACKBONES[opt.model_type].depth_dest)
 
 
 def build_parser(job: str, description: str, groups) -> argparse.ArgumentParser:

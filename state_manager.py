@@ -12,11 +12,10 @@ import torch.nn as nn
 
 from errors import UserError, first_line
 from experiment.folder import checkpoint_path
-from models.encoders import DEPTH_FLAGS
+from models import backbones
 from models.ubna import build_model
 
 ENCODER_PREFIX = 'common.encoder.encoder.'
-UNUSED_HEAD_PREFIXES = (ENCODER_PREFIX + 'classifier.', ENCODER_PREFIX + 'fc.')  # ImageNet heads, never used
 MAX_LISTED_KEYS = 3
 PICKLED_CODE_ERRORS = r'GLOBAL|unrecognized function|Can only create new object'  # torch's weights_only refusals
 STAGING_NAME = re.compile(r'\.(?P<name>.+)\.[0-9a-f]{32}\.tmp(?P<retired>\.old)?')  # checkpoints being written
@@ -48,20 +47,7 @@ def load_model_state(path: str) -> dict:
 
 def describe_architecture(state: dict) -> str | None:
     """'vgg16', 'resnet50', ... as read from the encoder keys of a state_dict; None when unrecognisable."""
-    def matches(pattern: str, key: str) -> bool:
-        return re.fullmatch(re.escape(ENCODER_PREFIX) + pattern, key) is not None
-
-    def count(pattern: str) -> int:
-        return sum(1 for key, value in state.items() if matches(pattern, key) and value.dim() == 4)
-
-    vgg_convs = max(count(r'features\.\d+\.weight'), count(r'conv[1-5]\.\d+\.weight'))  # either name of the aliases
-    if vgg_convs:
-        return f'vgg{vgg_convs + 3}'  # + the three classifier layers
-    blocks = count(r'layer\d\.\d+\.conv1\.weight')
-    if blocks:
-        convs_per_block = 3 if any(matches(r'layer\d\.\d+\.conv3\.weight', key) for key in state) else 2
-        return f'resnet{2 + convs_per_block * blocks}'  # + stem conv and fc
-    return None
+    return backbones.describe_architecture(state, ENCODER_PREFIX)
 
 
 def _listing(kind: str, items: list) -> str:
@@ -72,11 +58,13 @@ def _listing(kind: str, items: list) -> str:
 def restore_model(model: nn.Module, state: dict, path: str) -> None:
     """Copy `state` into the UBNA model; aliased VGG keys may appear once or twice, ImageNet heads are ignored."""
     expected = f'{model.model_type}{model.num_layers}'
-    found = describe_architecture(state)
-    if found is not None and found != expected:
-        if not found.startswith(model.model_type):
-            raise UserError(f'{path} holds a {found}, but --model-type is {model.model_type}')
-        raise UserError(f'{path} holds a {found}, but {DEPTH_FLAGS[model.model_type]} is {model.num_layers}')
+    found = backbones.checkpoint_architecture(state, ENCODER_PREFIX)
+    if found is not None and found != (model.model_type, model.num_layers):
+        family, depth = found
+        if family != model.model_type:
+            raise UserError(f'{path} holds a {family}{depth}, but --model-type is {model.model_type}')
+        depth_flag = backbones.BACKBONES[model.model_type].depth_flag
+        raise UserError(f'{path} holds a {family}{depth}, but {depth_flag} is {model.num_layers}')
     targets = model.state_dict(keep_vars=True)
     aliases = {}  # one entry per tensor, listing every key that names it
     for key, tensor in targets.items():
@@ -90,7 +78,8 @@ def restore_model(model: nn.Module, state: dict, path: str) -> None:
             mismatched.append(f'{source} {list(state[source].shape)} vs {list(targets[keys[0]].shape)}')
         else:
             to_load.update((key, state[source]) for key in keys)
-    unknown = [key for key in state if key not in targets and not key.startswith(UNUSED_HEAD_PREFIXES)]
+    unused_heads = tuple(ENCODER_PREFIX + head for head in backbones.imagenet_heads())  # ImageNet heads, never used
+    unknown = [key for key in state if key not in targets and not key.startswith(unused_heads)]
     if missing or mismatched or unknown:
         problems = [_listing(kind, items) for kind, items in
                     (('missing keys', missing), ('shape mismatches (file vs model)', mismatched),

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from bench.bench import MODELS, measure  # noqa: E402
 from bench.bench_loaders import photo_like, write_resized_copy  # noqa: E402
 from dataloader.loaders import pixel_work_on_device  # noqa: E402
+from models.backbones import BACKBONES  # noqa: E402
 from tests.dataset_fixtures import id_label, palette_label, write_image, write_json  # noqa: E402
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
@@ -197,9 +198,9 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     model_type, depth = MODELS[args.model]
-    common = ['--model-type', model_type, '--model-num-layers' if model_type == 'resnet' else '--model-num-layers-vgg',
-              depth, '--sys-num-workers', args.workers, '--sys-precision', args.precision, '--experiment-class',
-              'bench'] + (['--sys-cpu'] if args.device == 'cpu' else [])
+    common = ['--model-type', model_type, BACKBONES[model_type].depth_flag, depth, '--sys-num-workers', args.workers,
+              '--sys-precision', args.precision, '--experiment-class', 'bench']
+    common += ['--sys-cpu'] if args.device == 'cpu' else []
     adapt_h, adapt_w = size(args.adapt_size)
     on_device = pixel_work_on_device('auto', args.device == 'cuda')
     pixel_work, other_pixel_work = ('device', 'workers') if on_device else ('workers', 'device')  # auto's choice first

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from errors import UserError
+from models.backbones import BACKBONES
 from models.decoder import NUM_OUTPUTS, NUM_STEPS, Decoder, SegmentationOutput
 from models.encoders import build_encoder
 
@@ -92,6 +93,6 @@ def build_model(model_type: str, num_layers: int, weights_init: str, device: str
 
 
 def encoder_batchnorm_layers(model: UBNA) -> list:
-    """(name, BatchNorm2d) of the encoder in adaptation order l = 1, 2, ... (first name of aliased modules)."""
-    return [(name, module) for name, module in model.common.encoder.named_modules(prefix='common.encoder')
-            if isinstance(module, nn.BatchNorm2d)]
+    """(name, BatchNorm2d) of the encoder in adaptation order l = 1, 2, ... (first name of aliased modules): its
+    family's order, by default the encoder's named_modules order."""
+    return BACKBONES[model.model_type].batchnorm_layers(model.common.encoder, 'common.encoder')

@@ -10,7 +10,9 @@ import torch.nn as nn
 import torchvision
 
 from errors import UserError
-from models.backbones import IMAGENET_URLS, VGG, ResNet
+from models.backbones import IMAGENET_URLS
+from models.backbones.resnet import ResNet
+from models.backbones.vgg import VGG
 from models.encoders import build_encoder
 from models.ubna import build_model, encoder_batchnorm_layers
 

@@ -1,48 +1,26 @@
-"""torchvision's ResNet and VGG-bn, module for module, without their ImageNet heads and without importing
-torchvision (its import takes seconds and hundreds of MB, at every start of every job).
+"""torchvision's ResNet, module for module, without its ImageNet head (avgpool, fc), and its encoder: the
+resnet family of --model-type.
 
 The modules have torchvision's names, so state_dict keys, ImageNet weights and published checkpoints fit; their
 construction and initialisation draw the same random numbers in the same order, so that a seeded scratch network
-equals torchvision's (tests/test_models.py compares both).
+equals torchvision's (tests/test_models.py compares both). torchvision itself is not imported: its import takes
+seconds and hundreds of MB, at every start of every job.
 """
 import torch
 import torch.nn as nn
 
+from models.backbones import Backbone, count_conv_weights, matching_keys, register
+from models.layers import BatchNorm2d, StagedEncoder
+
 # torchvision's IMAGENET1K_V1 weights: what pretrained=True meant in the reference (file names end in a hash prefix)
-IMAGENET_URLS = {
-    'resnet18': 'https://download.pytorch.org/models/resnet18-f37072fd.pth',
-    'resnet34': 'https://download.pytorch.org/models/resnet34-b627a593.pth',
-    'resnet50': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
-    'resnet101': 'https://download.pytorch.org/models/resnet101-63fe2227.pth',
-    'resnet152': 'https://download.pytorch.org/models/resnet152-394f9c45.pth',
-    'vgg11_bn': 'https://download.pytorch.org/models/vgg11_bn-6002323d.pth',
-    'vgg13_bn': 'https://download.pytorch.org/models/vgg13_bn-abd245e5.pth',
-    'vgg16_bn': 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth',
-    'vgg19_bn': 'https://download.pytorch.org/models/vgg19_bn-c79401a0.pth',
+IMAGENET_WEIGHTS = {  # depth -> URL
+    18: 'https://download.pytorch.org/models/resnet18-f37072fd.pth',
+    34: 'https://download.pytorch.org/models/resnet34-b627a593.pth',
+    50: 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
+    101: 'https://download.pytorch.org/models/resnet101-63fe2227.pth',
+    152: 'https://download.pytorch.org/models/resnet152-394f9c45.pth',
 }
 IMAGENET_CLASSES = 1000
-
-
-class BatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d that may write its output over its input: set `overwrite_input` for passes where nothing else
-    reads that input, as in the encoders' statistics pass (each one's input is a convolution's fresh output). It
-    does so on the CPU in float32 without autograd, through the kernel nn.BatchNorm2d runs there: the same numbers
-    and running statistics, one feature map less to allocate and fill."""
-    overwrite_input = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.overwrite_input and x.device.type == 'cpu' and x.dtype == torch.float32
-                and not torch.is_grad_enabled()):
-            return super().forward(x)
-        momentum = 0.0  # as nn.BatchNorm2d: the running statistics move in training mode only, when tracked
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        tracked = not self.training or self.track_running_stats
-        torch.ops.aten.native_batch_norm.out(
-            x, self.weight, self.bias, self.running_mean if tracked else None, self.running_var if tracked else None,
-            self.training, momentum, self.eps, out=x, save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
-        return x
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -144,35 +122,41 @@ def _draw_default_linear_init(in_features: int, out_features: int, device: torch
     torch.empty(out_features, device=device).uniform_()
 
 
-VGG_CONFIGS = {  # output channels of each 3x3 conv (+ BatchNorm + ReLU); 'M' a 2x2 max-pool
-    11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
-    19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
-}
+def build(num_layers: int, device: torch.device, initialise: bool) -> ResNet:
+    """ResNet without avgpool and fc on `device`, with torchvision's initialisation or (for a checkpoint to fill)
+    the modules'."""
+    with torch.device(device):
+        resnet = ResNet(num_layers)
+    if initialise:
+        resnet.initialise()
+    return resnet
 
 
-class VGG(nn.Module):
-    """VGG-bn `features`; no avgpool and classifier (about 120 M weights that segmentation never uses)."""
+class ResnetEncoder(StagedEncoder):
+    """ResNet stages conv1-bn1-relu, maxpool+layer1, layer2, layer3, layer4."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, resnet: nn.Module, num_layers: int):
         super().__init__()
-        layers, channels = [], 3
-        for value in VGG_CONFIGS[num_layers]:
-            if value == 'M':
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(channels, value, kernel_size=3, padding=1), BatchNorm2d(value),
-                           nn.ReLU(inplace=True)]
-                channels = value
-        self.features = nn.Sequential(*layers)
+        self.encoder = resnet
+        self.channels = (64, 256, 512, 1024, 2048) if num_layers > 34 else (64, 64, 128, 256, 512)
 
-    def initialise(self) -> None:
-        """torchvision's initialisation of the features (without the default init's draws: VGG was always built on
-        the meta device first, never materialising the classifier)."""
-        for module in self.features.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.reset_parameters()
+    def stages(self) -> tuple:
+        net = self.encoder
+        return (net.conv1, net.bn1, net.relu), (net.maxpool, *net.layer1), net.layer2, net.layer3, net.layer4
+
+
+def checkpoint_depth(state: dict, prefix: str) -> int | None:
+    """The depth that the residual blocks under `prefix` show (None without any): two or three convolutions per
+    block, plus the stem conv and fc."""
+    blocks = count_conv_weights(state, prefix, r'layer\d\.\d+\.conv1\.weight')
+    if not blocks:
+        return None
+    bottleneck = bool(matching_keys(state, prefix, r'layer\d\.\d+\.conv3\.weight'))
+    return 2 + (3 if bottleneck else 2) * blocks
+
+
+register(Backbone(
+    family='resnet', depths=tuple(RESNET_BLOCKS), default_depth=18, depth_flag='--model-num-layers',
+    depth_help='ResNet depth', build=build, encoder=ResnetEncoder, imagenet_urls=IMAGENET_WEIGHTS,
+    torchvision_name=lambda num_layers: f'resnet{num_layers}', imagenet_head=('fc.',),
+    checkpoint_depth=checkpoint_depth))
