@@ -10,6 +10,7 @@ import argparse
 import math
 
 from dataloader import loaders
+from dataloader.datasets import loader_names
 from evaluation.metrics import REMAPS
 from experiment.folder import relative_name_problem
 from experiment.runtime import MEMORY_FORMATS, PRECISIONS
@@ -63,7 +64,7 @@ def add_segmentation_validation_flags(parser):
     group.add_argument('--segmentation-validation-resize-height', type=int, default=512)
     group.add_argument('--segmentation-validation-resize-width', type=int, default=1024)
     group.add_argument('--segmentation-validation-loaders', default='cityscapes_validation',
-                       help='comma separated; one of ' + ', '.join(loaders.VALIDATION_LOADERS))
+                       help='comma separated; one of ' + ', '.join(loader_names('validation')))
     group.add_argument('--segmentation-validation-batch-size', type=int, default=1)
     group.add_argument('--segmentation-eval-num-images', type=int, default=20,
                        help='number of image / prediction / label strips written by evaluate.py')
@@ -77,7 +78,7 @@ def add_segmentation_validation_flags(parser):
 def add_segmentation_training_flags(parser):
     group = parser.add_argument_group('segmentation training')
     group.add_argument('--segmentation-training-loaders', default='cityscapes_train',
-                       help='comma separated; any of ' + ', '.join(loaders.TRAINING_LOADERS))
+                       help='comma separated; any of ' + ', '.join(loader_names('training')))
     group.add_argument('--segmentation-training-batch-size', type=int, default=6)
     group.add_argument('--segmentation-resize-height', type=int, default=512)
     group.add_argument('--segmentation-resize-width', type=int, default=1024)
@@ -104,7 +105,7 @@ def add_training_flags(parser):
 def add_adaptation_flags(parser):
     group = parser.add_argument_group('adaptation')
     group.add_argument('--adaptation-training-loaders', default='kitti_kitti_train',
-                       help='comma separated; any of ' + ', '.join(loaders.ADAPTATION_LOADERS))
+                       help='comma separated; any of ' + ', '.join(loader_names('adaptation')))
     group.add_argument('--adaptation-training-batch-size', type=int, default=6)
     group.add_argument('--adaptation-num-batches', type=int, default=50)
     group.add_argument('--adaptation-resize-height', type=int, default=192)

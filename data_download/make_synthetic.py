@@ -18,7 +18,7 @@ from PIL import Image
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_download.build_index import build_cityscapes, build_cityscapes_sequence, build_gta5  # noqa: E402
+from dataloader.datasets import DATASETS  # noqa: E402
 from dataloader.labels import CITYSCAPES_LABELS  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
 
@@ -297,8 +297,9 @@ def make_synthetic(root: str, height: int = 64, width: int = 128, num_source: in
     write_source(root, num_source, height, width, seed)
     write_target(root, 'train', num_target_train, height, width, seed, 1, shifted)
     write_target(root, 'val', num_target_val, height, width, seed, 2, shifted)
-    return {'gta5_full_split': build_gta5(root), 'cityscapes': build_cityscapes(root),
-            'cityscapes_sequence': build_cityscapes_sequence(root)}
+    return {'gta5_full_split': DATASETS['gta5'].build_index(root),
+            'cityscapes': DATASETS['cityscapes'].build_index(root),
+            'cityscapes_sequence': DATASETS['cityscapes_sequence'].build_index(root)}
 
 
 def main(argv=None) -> None:

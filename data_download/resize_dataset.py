@@ -30,10 +30,10 @@ from tqdm import tqdm
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataloader import datasets  # noqa: E402
 from dataloader.dataset import read_image, split_path  # noqa: E402
 from dataloader.labels import PaletteLabel  # noqa: E402
-from dataloader.loaders import (_SOURCES, ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS,  # noqa: E402
-                                adaptation_dataset, training_dataset, validation_dataset)
+from dataloader.loaders import adaptation_dataset, training_dataset, validation_dataset  # noqa: E402
 from dataloader.paths import dataset_root  # noqa: E402
 from dataloader.resized_copy import MANIFEST, fingerprint, read_manifest, write_manifest  # noqa: E402
 from dataloader.transforms import nearest_indices, resize_color  # noqa: E402
@@ -64,8 +64,7 @@ class CopyPlan:
 
 def loader_kind(loader: str) -> str:
     """'training', 'adaptation' or 'validation'."""
-    return 'training' if loader in TRAINING_LOADERS else 'adaptation' if loader in ADAPTATION_LOADERS \
-        else 'validation'
+    return datasets.loader(loader)[1].kind
 
 
 def resize_size(args: argparse.Namespace, kind: str) -> tuple[int, int] | None:
@@ -84,7 +83,7 @@ def loader_dataset(loader: str, kind: str, resize_hw: tuple[int, int] | None):
         return training_dataset(loader, resize_hw, (1, 1))  # the random crop does not touch the first resize
     if kind == 'adaptation':
         return adaptation_dataset(loader, resize_hw, resize_hw)  # the adaptation crop flags are not used
-    return validation_dataset(loader, VALIDATION_LOADERS[loader])  # any size: the copy is unchanged
+    return validation_dataset(loader, datasets.loader(loader)[1].size)  # any size: the copy is unchanged
 
 
 def relative(path: str, source_root: str) -> str:
@@ -104,10 +103,10 @@ def copy_plan(loader: str, kind: str, resize_hw: tuple[int, int] | None, source_
         mode = 'copy' if written_hw is None else 'label' if category == LABEL_CATEGORY else 'color'
         for path in map(partial(relative, source_root=source_root), paths):
             tasks[path] = FileTask(path, mode, written_hw)
-    source = _SOURCES[loader]
-    json_paths = [os.path.join(source_root, source.dataset, name) for name in ('parameters.json', 'basic_files.json')]
-    json_paths.append(split_path(source.dataset, source.split, source.split_file))
-    return CopyPlan(source.dataset, written_hw, [tasks[path] for path in sorted(tasks)],
+    entry, source = datasets.loader(loader)
+    json_paths = [os.path.join(source_root, entry.name, name) for name in ('parameters.json', 'basic_files.json')]
+    json_paths.append(split_path(entry.name, source.split, source.split_file))
+    return CopyPlan(entry.name, written_hw, [tasks[path] for path in sorted(tasks)],
                     [relative(path, source_root) for path in json_paths])
 
 
@@ -214,7 +213,7 @@ def positive(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write a copy of a loader's dataset resized to its resize size.")
-    parser.add_argument('loader', choices=(*TRAINING_LOADERS, *ADAPTATION_LOADERS, *VALIDATION_LOADERS))
+    parser.add_argument('loader', choices=[name for kind in datasets.KINDS for name in datasets.loader_names(kind)])
     parser.add_argument('--resize-height', type=positive, default=None,
                         help="the job's resize height flag (default: its default; not for validation loaders)")
     parser.add_argument('--resize-width', type=positive, default=None,

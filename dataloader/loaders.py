@@ -1,14 +1,14 @@
-"""The named loaders of spec §4 (`--*-loaders` values), batching, and combining several loaders."""
+"""The named loaders of spec §4 (`--*-loaders` values, registered with their datasets in dataloader/datasets/),
+batching, and combining several loaders."""
 import functools
 import os
 import random
-from dataclasses import dataclass
 
 import cv2
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
-from dataloader import device_transforms
+from dataloader import datasets, device_transforms
 from dataloader.dataset import ImageDataset, read_parameters, read_split
 from dataloader.labels import label_converter
 from dataloader.resized_copy import check_resized_copy
@@ -17,9 +17,6 @@ from dataloader.transforms import (RESCALE_RANGE, AdaptationTransform, Segmentat
 from errors import UserError
 from experiment.runtime import next_loader_seed
 
-TRAINING_LOADERS = ('cityscapes_train', 'gta5_train', 'synthia_train')
-ADAPTATION_LOADERS = ('cityscapes_sequence_train', 'kitti_kitti_train')
-VALIDATION_LOADERS = {'cityscapes_validation': (512, 1024), 'kitti_2015_train': (320, 1024)}
 SEGMENTATION_PURPOSES = ('segmentation',)
 ADAPTATION_PURPOSES = ('adaptation',)
 PIXEL_WORK = ('auto', 'workers', 'device')  # where adaptation images are resized and jittered
@@ -27,91 +24,70 @@ PREFETCH_BATCHES = 4  # per worker
 WORKER_NICENESS = 19  # low-priority workers (CPU runs): they decode while the network's threads do not run
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a named loader reads: dataset folder, named split (None: the dataset's own), split file."""
-    dataset: str
-    split: str | None
-    split_file: str
-    labels: str | None = None  # label table; None for loaders without labels
-
-
-_SOURCES = {
-    'cityscapes_train': Source('cityscapes', None, 'train', 'cityscapes'),
-    'gta5_train': Source('gta5', 'full_split', 'train', 'gta5'),
-    'synthia_train': Source('synthia', None, 'train', 'synthia'),
-    'cityscapes_sequence_train': Source('cityscapes_sequence', None, 'train'),
-    'kitti_kitti_train': Source('kitti', 'kitti_split', 'train'),
-    'cityscapes_validation': Source('cityscapes', None, 'validation', 'cityscapes'),
-    'kitti_2015_train': Source('kitti_2015', None, 'train', 'cityscapes'),
-}
-_NAMES_BY_KIND = {'training': TRAINING_LOADERS, 'adaptation': ADAPTATION_LOADERS,
-                  'validation': tuple(VALIDATION_LOADERS)}
-
-
 def check_loader_names(names: list[str], kind: str) -> None:
     """UserError for a name that is not a loader of this kind ('training', 'adaptation', 'validation')."""
-    valid = _NAMES_BY_KIND[kind]
+    valid = datasets.loader_names(kind)
     for name in names:
         if name not in valid:
             raise UserError(f"unknown {kind} loader '{name}'; valid names: {', '.join(valid)}")
 
 
+def _registered(name: str, kind: str, resize_hw: tuple[int, int]) -> tuple[datasets.DatasetEntry, datasets.Loader]:
+    """The dataset and loader of a name of this kind, after the check that a resized copy suits them."""
+    check_loader_names([name], kind)
+    entry, loader = datasets.loader(name)
+    check_resized_copy(entry.name, name, resize_hw, kind)
+    return entry, loader
+
+
 def training_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int]) -> Dataset:
     """Segmentation training samples: labels_mode from parameters.json; flip, resize, rescale, crop, jitter."""
-    check_loader_names([name], 'training')
-    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'training')
+    entry, loader = _registered(name, 'training', resize_hw)
     smallest = tuple(int(size // RESCALE_RANGE[1]) for size in resize_hw)
     if crop_hw[0] > smallest[0] or crop_hw[1] > smallest[1]:
         raise UserError(f'the segmentation crop {crop_hw[0]}x{crop_hw[1]} does not fit into the smallest random '
                         f'rescale {smallest[0]}x{smallest[1]} of the resize {resize_hw[0]}x{resize_hw[1]}')
-    source = _SOURCES[name]
-    labels_mode = read_parameters(source.dataset)['labels_mode']
-    convert = label_converter(source.labels, labels_mode)
-    files = read_split(source.dataset, source.split, source.split_file, ['color', 'segmentation'])
+    labels_mode = read_parameters(entry.name)['labels_mode']
+    convert = label_converter(entry.labels, labels_mode)
+    files = read_split(entry.name, loader.split, loader.split_file, ['color', 'segmentation'])
     # real GTA-5 has a few labels whose size differs from their image: both are resized anyway, so only warn
-    return ImageDataset(files, SegmentationTrainTransform(resize_hw, crop_hw, convert), source.dataset,
+    return ImageDataset(files, SegmentationTrainTransform(resize_hw, crop_hw, convert), entry.name,
                         SEGMENTATION_PURPOSES, strict_sizes=False)
+
+
+def _adaptation_geometry(name: str, resize_hw: tuple[int, int], crop_at_offsets: bool) -> tuple:
+    """(resize, crop or None, crop offset) of an adaptation loader: its entry's geometry, else only the resize."""
+    geometry = datasets.loader(name)[1].geometry
+    return (resize_hw, None, (0, 0)) if geometry is None else geometry(resize_hw, crop_at_offsets)
 
 
 def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, int]:
     """The network input (height, width) of an adaptation loader for --adaptation-resize-height/-width."""
-    height, width = resize_hw
-    return (height * 320 // 512, width) if name == 'cityscapes_sequence_train' else resize_hw
+    _, output_hw, _ = _adaptation_geometry(name, resize_hw, False)
+    return output_hw or resize_hw
 
 
 def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
                        crop_at_offsets: bool = False, on_device: bool = False) -> Dataset:
     """Left and right camera images, the right ones after the left ones; no labels.
 
-    As in the reference, crop_hw is not used: kitti_kitti_train only resizes, and cityscapes_sequence_train
-    resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w) at the top-left corner (quirk: the
-    reference passes offsets (h*32//512, w*33//1024) but ignores them; crop_at_offsets uses them).
+    As in the reference, crop_hw is not used: a loader resizes to resize_hw, or as its entry's geometry says
+    (which may crop, at offsets with crop_at_offsets).
     on_device: its samples leave the resize and the jitter to the device (see AdaptationTransform).
     """
-    check_loader_names([name], 'adaptation')
-    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'adaptation')
-    source = _SOURCES[name]
-    height, width = resize_hw
-    if name == 'cityscapes_sequence_train':
-        offset = (height * 32 // 512, width * 33 // 1024) if crop_at_offsets else (0, 0)
-        transform = AdaptationTransform((height * 568 // 512, width * 1092 // 1024),
-                                        adaptation_input_size(name, resize_hw), offset, on_device)
-    else:
-        transform = AdaptationTransform(resize_hw, on_device=on_device)
-    files = read_split(source.dataset, source.split, source.split_file, ['color', 'color_right'])
-    return ImageDataset({'color': files['color'] + files['color_right']}, transform, source.dataset,
+    entry, loader = _registered(name, 'adaptation', resize_hw)
+    transform = AdaptationTransform(*_adaptation_geometry(name, resize_hw, crop_at_offsets), on_device)
+    files = read_split(entry.name, loader.split, loader.split_file, ['color', 'color_right'])
+    return ImageDataset({'color': files['color'] + files['color_right']}, transform, entry.name,
                         ADAPTATION_PURPOSES)
 
 
 def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
     """Validation samples: image resized, label (always fromid) at native size, no flip, no jitter."""
-    check_loader_names([name], 'validation')
-    check_resized_copy(_SOURCES[name].dataset, name, resize_hw, 'validation')
-    source = _SOURCES[name]
-    files = read_split(source.dataset, source.split, source.split_file, ['color', 'segmentation'])
-    transform = ValidationTransform(resize_hw, label_converter(source.labels, 'fromid'))
-    return ImageDataset(files, transform, source.dataset, SEGMENTATION_PURPOSES)
+    entry, loader = _registered(name, 'validation', resize_hw)
+    files = read_split(entry.name, loader.split, loader.split_file, ['color', 'segmentation'])
+    transform = ValidationTransform(resize_hw, label_converter(entry.labels, 'fromid'))
+    return ImageDataset(files, transform, entry.name, SEGMENTATION_PURPOSES)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -354,7 +330,7 @@ def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, 
     check_loader_names(names, 'validation')
     loaders = []
     for name in names:
-        size = resize_hw if len(names) == 1 else VALIDATION_LOADERS[name]
+        size = resize_hw if len(names) == 1 else datasets.loader(name)[1].size
         loaders.append((name, make_loader(validation_dataset(name, size), batch_size, shuffle=False,
                                           drop_last=False, num_workers=num_workers, on_gpu=on_gpu)))
     return loaders

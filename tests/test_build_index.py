@@ -7,6 +7,14 @@ import numpy as np
 import pytest
 
 from data_download import build_index as bi
+from dataloader.datasets import DATASETS
+from dataloader.datasets.cityscapes import build_cityscapes
+from dataloader.datasets.cityscapes_sequence import build_cityscapes_sequence
+from dataloader.datasets.gta5 import build_gta5
+from dataloader.datasets.kitti import build_kitti, kitti_drive_rule
+from dataloader.datasets.kitti_2015 import build_kitti_2015
+from dataloader.datasets.synthia import build_synthia
+from dataloader.index import Frame
 from errors import UserError, run_cli
 
 HEIGHT, WIDTH = 8, 16
@@ -109,7 +117,7 @@ def check_split_format(dataset_dir, split_path):
 
 def test_parameters_json_has_the_spec_keys(tmp_path):
     make_gta5(tmp_path)
-    bi.build_gta5(str(tmp_path))
+    build_gta5(str(tmp_path))
     params = load(tmp_path / 'gta5' / 'parameters.json')
     assert params == {'K': None, 'stereo_T': None, 'labels': 'gta5', 'labels_mode': 'fromrgb',
                       'depth_mode': None, 'flow_mode': None, 'splits': ['full_split']}
@@ -117,7 +125,7 @@ def test_parameters_json_has_the_spec_keys(tmp_path):
 
 def test_cityscapes_index(tmp_path):
     make_cityscapes(tmp_path)
-    counts = bi.build_cityscapes(str(tmp_path))
+    counts = build_cityscapes(str(tmp_path))
     assert counts == {'train': 2, 'validation': 1, 'test': 1}
     dataset_dir = str(tmp_path / 'cityscapes')
     params = load(os.path.join(dataset_dir, 'parameters.json'))
@@ -137,13 +145,13 @@ def test_cityscapes_index(tmp_path):
 
 def test_cityscapes_without_right_images(tmp_path):
     make_cityscapes(tmp_path, right=False)
-    bi.build_cityscapes(str(tmp_path))
+    build_cityscapes(str(tmp_path))
     assert load(tmp_path / 'cityscapes' / 'validation.json')['names'] == ['color', 'segmentation']
 
 
 def test_cityscapes_sequence_neighbours(tmp_path):
     make_cityscapes_sequence(tmp_path)
-    assert bi.build_cityscapes_sequence(str(tmp_path)) == {'train': 4, 'validation': 2}
+    assert build_cityscapes_sequence(str(tmp_path)) == {'train': 4, 'validation': 2}
     dataset_dir = str(tmp_path / 'cityscapes_sequence')
     split, _ = check_split_format(dataset_dir, os.path.join(dataset_dir, 'train.json'))
     assert split['names'] == ['color', 'color_right']
@@ -155,7 +163,7 @@ def test_cityscapes_sequence_neighbours(tmp_path):
 
 def test_gta5_full_split(tmp_path):
     make_gta5(tmp_path)
-    assert bi.build_gta5(str(tmp_path)) == {'train': 3}
+    assert build_gta5(str(tmp_path)) == {'train': 3}
     split, main = check_split_format(str(tmp_path / 'gta5'), str(tmp_path / 'gta5_full_split' / 'train.json'))
     assert split['names'] == ['color', 'segmentation'] and sorted(main) == [0, 1, 2]
     assert split['files'][1] == ['labels/00000.png', 'labels/00001.png', 'labels/00002.png']
@@ -165,9 +173,9 @@ def test_gta5_full_split(tmp_path):
 def test_synthia_needs_the_converted_labels(tmp_path):
     make_synthia(tmp_path, converted=False)
     with pytest.raises(UserError, match='convert_segmentation_synthia'):
-        bi.build_synthia(str(tmp_path))
+        build_synthia(str(tmp_path))
     make_synthia(tmp_path)
-    assert bi.build_synthia(str(tmp_path)) == {'train': 2}
+    assert build_synthia(str(tmp_path)) == {'train': 2}
     split, _ = check_split_format(str(tmp_path / 'synthia'), str(tmp_path / 'synthia' / 'train.json'))
     assert split['files'][1] == ['RAND_CITYSCAPES/GT_1_channel/LABELS/0000000.png',
                                  'RAND_CITYSCAPES/GT_1_channel/LABELS/0000001.png']
@@ -177,7 +185,7 @@ def test_synthia_needs_the_converted_labels(tmp_path):
 
 def test_kitti_default_rule_and_neighbours(tmp_path):
     make_kitti(tmp_path)
-    assert bi.build_kitti(str(tmp_path)) == {'train': 9}
+    assert build_kitti(str(tmp_path)) == {'train': 9}
     split, _ = check_split_format(str(tmp_path / 'kitti'), str(tmp_path / 'kitti_kitti_split' / 'train.json'))
     assert split['names'] == ['color', 'color_right']
     assert [p[1:3] for p in split['positions'][0]] == [[0, 3], [1, 2], [2, 1], [3, 0], [0, 1], [1, 0],
@@ -188,8 +196,8 @@ def test_kitti_default_rule_and_neighbours(tmp_path):
 
 
 def test_kitti_drive_rule_keeps_drives_whole():
-    frames = [bi.Frame(f'2011_09_26/drive_{d:04d}', n, f'x/{d}/{n}.png') for d in range(20) for n in range(2)]
-    split_of = bi.kitti_drive_rule(frames)
+    frames = [Frame(f'2011_09_26/drive_{d:04d}', n, f'x/{d}/{n}.png') for d in range(20) for n in range(2)]
+    split_of = kitti_drive_rule(frames)
     splits = [split_of(f) for f in frames]
     assert splits.count('validation') == splits.count('test') == 4 and splits.count('train') == 32
     assert all(split_of(frames[2 * d]) == split_of(frames[2 * d + 1]) for d in range(20))
@@ -201,18 +209,18 @@ def test_kitti_split_files(tmp_path):
     train.write_text('2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2 r\n')
     test = tmp_path / 'test_files.txt'
     test.write_text('2011_09_30/2011_09_30_drive_0016_sync 0000000002 l\n\n')
-    counts = bi.build_kitti(str(tmp_path), {'train': str(train), 'test': str(test)})
+    counts = build_kitti(str(tmp_path), {'train': str(train), 'test': str(test)})
     assert counts == {'train': 2, 'test': 1}
     split, _ = check_split_format(str(tmp_path / 'kitti'), str(tmp_path / 'kitti_kitti_split' / 'train.json'))
     assert [p[1:3] for p in split['positions'][0]] == [[1, 2], [2, 1]]  # neighbours counted in the whole drive
     train.write_text('2011_09_26 one\n')
     with pytest.raises(UserError, match='line 1 of KITTI split file'):
-        bi.build_kitti(str(tmp_path), {'train': str(train)})
+        build_kitti(str(tmp_path), {'train': str(train)})
 
 
 def test_kitti_2015_train(tmp_path):
     make_kitti_2015(tmp_path)
-    assert bi.build_kitti_2015(str(tmp_path)) == {'train': 4}
+    assert build_kitti_2015(str(tmp_path)) == {'train': 4}
     split, main = check_split_format(str(tmp_path / 'kitti_2015'), str(tmp_path / 'kitti_2015' / 'train.json'))
     assert [len(f) for f in split['files']] == [4, 3]
     assert split['files'][1][0] == 'training/semantic/000000_10.png'
@@ -227,28 +235,28 @@ def test_kitti_2015_train(tmp_path):
     ('kitti_2015', os.path.join('kitti_2015', 'training', 'image_2'))])
 def test_missing_folder_is_a_user_error_naming_it(tmp_path, dataset, folder):
     with pytest.raises(UserError, match=f'expected folder .*{folder}'):
-        bi.BUILDERS[dataset](str(tmp_path))
+        DATASETS[dataset].build_index(str(tmp_path))
 
 
 def test_misnamed_cityscapes_file_is_a_user_error(tmp_path):
     make_cityscapes(tmp_path)
     png(tmp_path / 'cityscapes' / 'leftImg8bit' / 'train' / 'aachen' / 'aachen_odd_leftImg8bit.png')
     with pytest.raises(UserError, match='aachen_odd_leftImg8bit.png'):
-        bi.build_cityscapes(str(tmp_path))
+        build_cityscapes(str(tmp_path))
 
 
 def test_two_files_of_one_frame_are_a_user_error(tmp_path):
     make_gta5(tmp_path)
     png(tmp_path / 'gta5' / 'images' / 'extra' / '00001.png')
     with pytest.raises(UserError, match='same frame'):
-        bi.build_gta5(str(tmp_path))
+        build_gta5(str(tmp_path))
 
 
 def test_empty_image_folder_is_a_user_error(tmp_path):
     (tmp_path / 'gta5' / 'images').mkdir(parents=True)
     (tmp_path / 'gta5' / 'labels').mkdir()
     with pytest.raises(UserError, match='no image files'):
-        bi.build_gta5(str(tmp_path))
+        build_gta5(str(tmp_path))
 
 
 def test_cli(tmp_path, capsys):
@@ -259,6 +267,16 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().err.startswith('error: expected folder')
     assert run_cli(bi.main, ['kitti_2015', '--root', str(tmp_path), '--kitti-split-train', 'x.txt']) == 2
     assert 'apply to the dataset kitti only' in capsys.readouterr().err
+    assert run_cli(bi.main, ['gta5', '--root', str(tmp_path), '--kitti-split-test', 'x.txt']) == 2
+    assert capsys.readouterr().err == 'error: --kitti-split-* options apply to the dataset kitti only, not to gta5.\n'
+
+
+def test_index_files_are_one_line_of_json_dump(tmp_path):
+    make_gta5(tmp_path)
+    build_gta5(str(tmp_path))
+    for path in (tmp_path / 'gta5' / 'parameters.json', tmp_path / 'gta5' / 'basic_files.json',
+                 tmp_path / 'gta5_full_split' / 'train.json'):
+        assert path.read_text() == json.dumps(load(path))
 
 
 def test_cli_kitti_split_files(tmp_path):
@@ -286,9 +304,9 @@ def test_training_loaders_read_the_built_indices(dataset_root):
     make_gta5(dataset_root)
     make_synthia(dataset_root)
     make_cityscapes(dataset_root)
-    bi.build_gta5(str(dataset_root))
-    bi.build_synthia(str(dataset_root))
-    bi.build_cityscapes(str(dataset_root))
+    build_gta5(str(dataset_root))
+    build_synthia(str(dataset_root))
+    build_cityscapes(str(dataset_root))
     expected = {'gta5_train': (3, {ROAD, SKY}), 'synthia_train': (2, {ROAD}), 'cityscapes_train': (2, {ROAD})}
     for name, (length, train_ids) in expected.items():
         dataset = training_dataset(name, (HEIGHT, WIDTH), (4, 8))
@@ -303,8 +321,8 @@ def test_validation_loaders_read_the_built_indices(dataset_root):
     from dataloader.loaders import validation_dataset
     make_cityscapes(dataset_root)
     make_kitti_2015(dataset_root)
-    bi.build_cityscapes(str(dataset_root))
-    bi.build_kitti_2015(str(dataset_root))
+    build_cityscapes(str(dataset_root))
+    build_kitti_2015(str(dataset_root))
     cityscapes = validation_dataset('cityscapes_validation', (32, 64))
     assert len(cityscapes) == 1
     sample = cityscapes[0]
@@ -318,8 +336,8 @@ def test_adaptation_loaders_read_left_and_right_images(dataset_root):
     from dataloader.loaders import adaptation_dataset
     make_cityscapes_sequence(dataset_root)
     make_kitti(dataset_root)
-    bi.build_cityscapes_sequence(str(dataset_root))
-    bi.build_kitti(str(dataset_root))
+    build_cityscapes_sequence(str(dataset_root))
+    build_kitti(str(dataset_root))
     sequence = adaptation_dataset('cityscapes_sequence_train', (64, 128), (64, 128))
     assert len(sequence) == 2 * 4
     assert tuple(sequence[0]['input'].shape) == (3, 40, 128) and 'label' not in sequence[0]

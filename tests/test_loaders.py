@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataloader.loaders import (ADAPTATION_LOADERS, TRAINING_LOADERS, VALIDATION_LOADERS, CyclingLoaders,
-                                adaptation_dataset, check_loader_names, collate, make_loader, training_dataset,
-                                validation_dataset, validation_loaders)
+from dataloader.datasets import loader, loader_names
+from dataloader.loaders import (CyclingLoaders, adaptation_dataset, adaptation_input_size, check_loader_names,
+                                collate, make_loader, training_dataset, validation_dataset, validation_loaders)
 from errors import UserError, user_message
 from experiment.runtime import seed_everything
 from tests.dataset_fixtures import write_dataset
@@ -18,12 +18,32 @@ from tests.dataset_fixtures import write_dataset
 
 
 def test_check_loader_names():
-    check_loader_names(list(TRAINING_LOADERS), 'training')
-    check_loader_names(list(ADAPTATION_LOADERS), 'adaptation')
-    check_loader_names(list(VALIDATION_LOADERS), 'validation')
+    check_loader_names(list(loader_names('training')), 'training')
+    check_loader_names(list(loader_names('adaptation')), 'adaptation')
+    check_loader_names(list(loader_names('validation')), 'validation')
     with pytest.raises(UserError, match="unknown validation loader 'gta5_train'; valid names: "
                                         "cityscapes_validation, kitti_2015_train"):
         check_loader_names(['cityscapes_validation', 'gta5_train'], 'validation')
+
+
+def test_registered_loader_names_sizes_and_folders():
+    """The loaders the datasets register, in the order help texts and errors list them, with their folders."""
+    assert loader_names('training') == ('cityscapes_train', 'gta5_train', 'synthia_train')
+    assert loader_names('adaptation') == ('cityscapes_sequence_train', 'kitti_kitti_train')
+    assert loader_names('validation') == ('cityscapes_validation', 'kitti_2015_train')
+    assert {name: loader(name)[1].size for name in loader_names('validation')} == {
+        'cityscapes_validation': (512, 1024), 'kitti_2015_train': (320, 1024)}
+    sources = {name: (entry.name, found.split, found.split_file, entry.labels)
+               for name, (entry, found) in ((name, loader(name)) for kind in ('training', 'adaptation', 'validation')
+                                            for name in loader_names(kind))}
+    assert sources == {
+        'cityscapes_train': ('cityscapes', None, 'train', 'cityscapes'),
+        'gta5_train': ('gta5', 'full_split', 'train', 'gta5'),
+        'synthia_train': ('synthia', None, 'train', 'synthia'),
+        'cityscapes_sequence_train': ('cityscapes_sequence', None, 'train', None),
+        'kitti_kitti_train': ('kitti', 'kitti_split', 'train', None),
+        'cityscapes_validation': ('cityscapes', None, 'validation', 'cityscapes'),
+        'kitti_2015_train': ('kitti_2015', None, 'train', 'cityscapes')}
 
 
 @pytest.mark.parametrize('name, domain', [('cityscapes_train', 'cityscapes'), ('gta5_train', 'gta5'),
@@ -49,6 +69,20 @@ def test_gta5_reads_full_split_with_palette_labels(named_datasets):
 def test_training_crop_must_fit_smallest_rescale(named_datasets):
     with pytest.raises(UserError, match='crop 48x80 does not fit into the smallest random rescale 42x85'):
         training_dataset('cityscapes_train', (64, 128), (48, 80))
+
+
+def test_adaptation_geometry(named_datasets):
+    """cityscapes_sequence_train resizes to (h*568//512, w*1092//1024) and crops (h*320//512, w), at the offsets
+    (h*32//512, w*33//1024) only with crop_at_offsets; kitti_kitti_train only resizes."""
+    def geometry(name, crop_at_offsets):
+        transform = adaptation_dataset(name, (512, 1024), (64, 64), crop_at_offsets).transform
+        return transform.resize_hw, transform.crop_hw, transform.crop_offset
+
+    assert geometry('cityscapes_sequence_train', False) == ((568, 1092), (320, 1024), (0, 0))
+    assert geometry('cityscapes_sequence_train', True) == ((568, 1092), (320, 1024), (32, 33))
+    assert geometry('kitti_kitti_train', True) == ((512, 1024), None, (0, 0))
+    assert adaptation_input_size('cityscapes_sequence_train', (103, 128)) == (64, 128)
+    assert adaptation_input_size('kitti_kitti_train', (103, 128)) == (103, 128)
 
 
 @pytest.mark.parametrize('name, hw', [('cityscapes_sequence_train', (40, 128)), ('kitti_kitti_train', (64, 128))])
