@@ -113,9 +113,9 @@ def copy_plan(loader: str, kind: str, resize_hw: tuple[int, int] | None, source_
 def png_parameters(mode: str, compress: bool) -> list[int]:
     """cv2.imencode parameters for a 'color' or 'label' task.
 
-    Colour images are stored (no deflate, no row filter) unless compress: 512x1024 photos then decode in 2 ms
-    instead of 9-14 ms, at 1.5-3x the size. Labels, mostly flat, use level 1 with the up filter: 4x smaller and
-    1.8x faster to decode than OpenCV's default. OpenCV versions without the row-filter flag use their own."""
+    Colour images are stored (no deflate, no row filter) unless compress: they then decode several times faster,
+    at a few times the size. Labels, mostly flat, use level 1 with the up filter: smaller and faster to decode than
+    OpenCV's default. OpenCV versions without the row-filter flag use their own."""
     if mode == 'color' and compress:
         return []
     level, row_filter = (0, 'IMWRITE_PNG_FILTER_NONE') if mode == 'color' else (1, 'IMWRITE_PNG_FILTER_UP')

@@ -111,7 +111,7 @@ def _init_worker(low_priority: bool, worker_id: int) -> None:
 
     Its tensors reach the main process as named shared memory ('file_system'). With the default file descriptors,
     each tensor costs a socket round trip served by a thread of the worker, which waits for the worker's GIL while
-    it decodes: 20-80 ms per batch, against 2 ms.
+    it decodes, many times slower per batch.
     OpenCV runs sequentially: the workers are the parallelism, and N workers with a thread per core each
     oversubscribe the cores. 0, not 1: setNumThreads(1) deadlocks in a child forked from a process whose OpenCV
     threads had started.
@@ -171,8 +171,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
     single_samples: it yields the samples one by one, which its caller batches (see DeviceBatches).
     on_gpu: the batches feed a network on a GPU, so they are pinned. Otherwise the network's threads share the
     CPU with the workers, which then run at low priority: they decode in the network's gaps, while at equal
-    priority a worker that takes a core stalls every thread of a layer at its barrier (2 cores: adaptation 1.12x
-    faster).
+    priority a worker that takes a core stalls every thread of a layer at its barrier.
     samples_needed (shuffled): each pass yields the first samples_needed of its shuffled order, the samples a
     whole pass begins with, so that no worker decodes batches that the job will not use.
 
@@ -296,9 +295,8 @@ def joined(loader_batches: list[dict], key: str) -> torch.Tensor:
 
 
 def pixel_work_on_device(choice: str, on_gpu: bool) -> bool:
-    """Whether adaptation's resize and jitter run on the device: 'auto' picks the faster, measured with VGG16-bn,
-    50x6 at 512x1024 from 1024x2048: on an H100 the device (adapt.py 7.5-8.0 s against 8.8-9.2 s: 14 workers that
-    only decode), on a 2-core CPU the workers (ResNet-18 at 160x512: 21.1 s against 30.6 s)."""
+    """Whether adaptation's resize and jitter run on the device: 'auto' picks the faster one, the device on a GPU
+    (its many workers then only decode) and the workers on the CPU (docs/performance.md)."""
     return choice == 'device' or (choice == 'auto' and on_gpu)
 
 
