@@ -8,7 +8,7 @@ import pytest
 from dataloader.dataset import ImageDataset, read_image, read_parameters, read_split
 from dataloader.paths import checkpoint_root, dataset_root
 from errors import UserError
-from tests.dataset_fixtures import noise_image, write_dataset, write_json
+from data_download.tiny_datasets import noise_image, write_dataset, write_json
 
 RNG = np.random.default_rng(0)
 
