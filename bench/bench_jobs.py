@@ -37,7 +37,7 @@ from bench.bench import MODELS, measure  # noqa: E402
 from bench.bench_loaders import photo_like, write_resized_copy  # noqa: E402
 from dataloader.loaders import pixel_work_on_device  # noqa: E402
 from models.backbones import BACKBONES  # noqa: E402
-from tests.dataset_fixtures import id_label, palette_label, write_image, write_json  # noqa: E402
+from data_download.tiny_datasets import id_label, palette_label, write_image, write_json  # noqa: E402
 
 DISTINCT_FILES = 6  # decoded again and again: what counts is the decode cost, not the variety
 SUMMARY = re.compile(r'first batch ([\d.]+) s after start; then (\d+) images in ([\d.]+) s \(([\d.na]+) images/s'

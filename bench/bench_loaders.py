@@ -21,7 +21,7 @@ sys.path.insert(0, REPOSITORY)
 
 from dataloader.dataset import read_image  # noqa: E402
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset  # noqa: E402
-from tests.dataset_fixtures import id_label, palette_label, write_dataset  # noqa: E402
+from data_download.tiny_datasets import id_label, palette_label, write_dataset  # noqa: E402
 
 FILES_PER_CATEGORY = 4
 

@@ -1,15 +1,23 @@
-"""Shared fixtures: synthetic two-domain data on disk and a runner for the real command lines."""
-import os
-import subprocess
-import sys
+"""Shared fixtures: synthetic two-domain data on disk, tiny named-loader datasets, one thread and no network for the
+network tests; and the test tiers (pytest.ini): `slow` (subprocess end to end, `make test` only) and `gpu` (needs
+CUDA, skipped without it). Helpers that are not fixtures are in tests/support.py."""
+import urllib.error
 
 import pytest
+import torch
 
 from data_download.make_synthetic import make_synthetic
+from data_download.tiny_datasets import write_named_loader_datasets
 
-pytest_plugins = ('tests.dataset_fixtures',)  # the ubna_env and named_datasets fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (marked gpu)')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope='session')
@@ -20,13 +28,37 @@ def synthetic_root(tmp_path_factory) -> str:
     return root
 
 
-def run_script(script: str, args: list, dataset_root: str, checkpoint_root: str, timeout: int = 300,
-               check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python <script> <args>` from the repository root, as a user would, with the UBNA folders set."""
-    env = {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root,
-           'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
-    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f'{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
-    return result
+@pytest.fixture
+def ubna_env(tmp_path, monkeypatch) -> str:
+    """An empty dataset root (UBNA_DIR_DATASET) plus a checkpoint root, both under tmp_path."""
+    root = tmp_path / 'datasets'
+    root.mkdir()
+    monkeypatch.setenv('UBNA_DIR_DATASET', str(root))
+    monkeypatch.setenv('UBNA_DIR_CHECKPOINT', str(tmp_path / 'checkpoints'))
+    return str(root)
+
+
+@pytest.fixture
+def named_datasets(ubna_env) -> str:
+    """The dataset root with every folder the named loaders read (64x128 images, 4 samples per split)."""
+    write_named_loader_datasets(ubna_env)
+    return ubna_env
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread, as run_script gives its processes: the small tensors of the tests run fastest on one
+    thread, which also cannot stall when another process is busy (two threads on two shared cores are several
+    times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to download weights fails as it would offline."""
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError(f'no network in tests ({url})')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)

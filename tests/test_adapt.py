@@ -9,6 +9,8 @@ from models.adaptation import adapt_batchnorm, layer_momenta, prepare_batchnorm,
 from models.adaptation.layers import training_mode
 from models.ubna import build_model, encoder_batchnorm_layers
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: small tensors, shared cores
+
 
 def batch_statistics(model, batches):
     """Per batch, per encoder BatchNorm layer: (mean, unbiased variance) of the layer's input."""

@@ -9,7 +9,7 @@ from dataloader.dataset import ImageDataset, read_image, read_parameters, read_s
 from experiment.folder import checkpoint_root
 from dataloader.paths import dataset_root
 from errors import UserError
-from tests.dataset_fixtures import noise_image, write_dataset, write_json
+from data_download.tiny_datasets import noise_image, write_dataset, write_json
 
 RNG = np.random.default_rng(0)
 

@@ -15,7 +15,7 @@ from dataloader.index import Category, list_files, parameters, require_dir, sing
 from dataloader.loaders import (adaptation_dataset, adaptation_input_size, check_loader_names, training_dataset,
                                 validation_dataset, validation_loaders)
 from errors import UserError, run_cli
-from tests.dataset_fixtures import id_label, noise_image, write_image
+from data_download.tiny_datasets import id_label, noise_image, write_image
 
 COUNT = 5  # toy images
 

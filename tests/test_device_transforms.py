@@ -12,9 +12,11 @@ from PIL import Image, ImageEnhance
 from dataloader import device_transforms, loaders, transforms
 from dataloader.transforms import AdaptationDraw, AdaptationTransform, Jitter
 from experiment.runtime import seed_everything
-from tests.dataset_fixtures import noise_image, write_dataset
+from data_download.tiny_datasets import noise_image, write_dataset
 
 DEVICE = torch.device(os.environ.get('UBNA_TEST_DEVICE', 'cpu'))
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: small tensors, shared cores
 
 
 def on_device(image: np.ndarray) -> torch.Tensor:
@@ -72,6 +74,7 @@ def test_hue_equals_torchvision_on_pil_images(hue):
     assert np.array_equal(device_transforms.hue(on_device(image), shift).cpu().numpy(), expected)
 
 
+@pytest.mark.slow  # 16.7 million colours: 5-15 s
 def test_hsv_conversions_equal_pil_for_every_colour():
     every = np.stack(np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing='ij'), -1).reshape(4096, 4096, 3)
     assert np.array_equal(device_transforms._to_hsv(on_device(every)).cpu().numpy(),
@@ -187,3 +190,22 @@ def test_both_pixel_works_give_the_same_batches_but_for_the_hue(ubna_env, monkey
     monkeypatch.setattr(device_transforms, 'hue', opencv_hue)
     on_device = adaptation_batches(2, 'device')
     assert len(in_workers) == len(on_device) == 12 and all(torch.equal(a, b) for a, b in zip(in_workers, on_device))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_pixel_work_gives_the_bytes_of_pil_and_torchvision():
+    """In short, whatever UBNA_TEST_DEVICE says, what that variable set to cuda checks in full (a GPU's arithmetic
+    can round differently): the HSV round trip of every colour, a fractional-box resize, the jitter chain."""
+    cuda = torch.device('cuda')
+    every = np.stack(np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing='ij'), -1).reshape(4096, 4096, 3)
+    assert np.array_equal(device_transforms._to_hsv(torch.from_numpy(every).to(cuda)).cpu().numpy(),
+                          np.asarray(Image.fromarray(every).convert('HSV')))
+    assert np.array_equal(device_transforms._to_rgb(torch.from_numpy(every).to(cuda)).cpu().numpy(),
+                          np.asarray(Image.fromarray(every, 'HSV').convert('RGB')))
+    image, box = textured(120, 230), (12.9, 0, 228.9, 66.2)
+    assert np.array_equal(device_transforms.resize(torch.from_numpy(image).to(cuda), (40, 128), box).cpu().numpy(),
+                          pil_resize(image, (40, 128), box))
+    picture = Image.fromarray(textured(48, 80))
+    for jitter in (Jitter(1.15, 0.85, 1.1, 0.07), Jitter(0.8, 1.2, 0.8, -0.1)):
+        ours = device_transforms.jitter(torch.from_numpy(np.asarray(picture).copy()).to(cuda)[None], [jitter])[0]
+        assert np.array_equal(ours.cpu().numpy(), np.asarray(torchvision_jitter(picture, jitter)))

@@ -1,12 +1,13 @@
 """train.py under torchrun: two CPU processes (gloo) end with identical weights; only rank 0 writes."""
 import os
 
+import pytest
 import torch
 
-from tests.conftest import run_script
-from tests.test_end_to_end import SMALL_MODEL, TRAIN
+from tests.support import SMALL_MODEL, TRAIN, run_script
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_end_with_identical_weights(synthetic_root, tmp_path):
     checkpoints = str(tmp_path / 'checkpoints')
     weights = tmp_path / 'weights'

@@ -9,20 +9,10 @@ import cv2
 import pytest
 import torch
 
-from tests.conftest import run_script
+from tests.support import ADAPT, SMALL_MODEL, TRAIN, run_script
 
-SMALL_MODEL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
-               '--experiment-class', 'e2e', '--segmentation-validation-resize-height', '64',
-               '--segmentation-validation-resize-width', '128']
-TRAIN = ['--train-weights-init', 'scratch', '--segmentation-training-loaders', 'gta5_train',
-         '--segmentation-training-batch-size', '2', '--segmentation-resize-height', '96',
-         '--segmentation-resize-width', '192', '--segmentation-crop-height', '64', '--segmentation-crop-width', '128',
-         '--train-batches-per-epoch', '2', '--train-num-epochs', '2', '--train-checkpoint-frequency', '1',
-         '--train-tb-frequency', '1', '--train-print-frequency', '1']
-# cityscapes_sequence_train crops (h*320//512, w): h = 103 gives a 64-row network input
-ADAPT = ['--adaptation-training-loaders', 'cityscapes_sequence_train', '--adaptation-training-batch-size', '4',
-         '--adaptation-num-batches', '5', '--adaptation-resize-height', '103', '--adaptation-resize-width', '128',
-         '--adaptation-alpha-batch', '0.08', '--adaptation-alpha-layer', '0.03']
+pytestmark = pytest.mark.slow  # every test starts the real command lines
+
 MODES = ('none', 'batch_shrinking', 'layer_shrinking', 'target_only')
 
 

@@ -3,7 +3,9 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.support import REPO
 
 SMALL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
          '--segmentation-validation-resize-height', '64', '--segmentation-validation-resize-width', '128']
@@ -20,6 +22,7 @@ OVERRIDES = {
 OVERRIDES['adapt_ubna_plus.sh'] = OVERRIDES['adapt_ubna.sh']
 
 
+@pytest.mark.slow
 def test_gta_to_cs_scripts_chain_from_another_directory(synthetic_root, tmp_path):
     checkpoints = tmp_path / 'checkpoints'
     env = {**os.environ, 'UBNA_DIR_DATASET': synthetic_root, 'UBNA_DIR_CHECKPOINT': str(checkpoints),

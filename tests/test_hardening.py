@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from state_manager import StateManager
-from tests.conftest import REPO, run_script
-from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
+from tests.support import ADAPT, REPO, SMALL_MODEL, TRAIN, job_environment, run_script
+
+pytestmark = pytest.mark.slow  # every test starts the real command lines
 
 EPOCHS, BATCHES = 4, 1  # the SIGKILLed training: 4 epochs of 1 batch, a checkpoint after each
 KILLED_TRAIN = TRAIN + ['--train-num-epochs', str(EPOCHS), '--train-batches-per-epoch', str(BATCHES)]
@@ -23,17 +24,11 @@ KILL_SEED = 7
 KILLS = 3
 
 
-def environment(dataset_root: str, checkpoint_root: str) -> dict:
-    """The variables of tests.conftest.run_script, for processes started without waiting."""
-    return {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root,
-            'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
-
-
 def start_script(script: str, args: list, dataset_root: str, checkpoint_root: str, log: str, **popen):
     """Start `python <script> <args>` from the repository root; stderr (and stdout unless given) go to `log`."""
     with open(log, 'w') as file:
         return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO,
-                                env=environment(dataset_root, checkpoint_root), stderr=file,
+                                env=job_environment(dataset_root, checkpoint_root), stderr=file,
                                 **({'stdout': file} | popen))
 
 

@@ -9,7 +9,7 @@ from dataloader.dataset import read_image
 from dataloader.labels import (CITYSCAPES_LABELS, CLASS_NAMES, TRAIN_ID_COLORS, PaletteLabel, colorize,
                                label_converter)
 from errors import UserError
-from tests.dataset_fixtures import PALETTE_COLORS, palette_label
+from data_download.tiny_datasets import PALETTE_COLORS, palette_label
 
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}

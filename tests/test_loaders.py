@@ -13,7 +13,7 @@ from dataloader.loaders import (CyclingLoaders, adaptation_dataset, adaptation_i
                                 collate, make_loader, training_dataset, validation_dataset, validation_loaders)
 from errors import UserError, user_message
 from experiment.runtime import seed_everything
-from tests.dataset_fixtures import write_dataset
+from data_download.tiny_datasets import write_dataset
 
 
 
@@ -190,9 +190,17 @@ def test_bad_image_in_worker_gives_one_sentence(named_datasets):
     loader = make_loader(dataset, 2, shuffle=False, drop_last=True, num_workers=2, on_gpu=False)
     with pytest.raises(UserError) as error:
         list(loader)
-    traceback.clear_frames(error.tb)  # frees the iterator now; a cyclic-GC shutdown of its workers stalls 10 s
-    assert user_message(error.value) == (f'the image file {broken} (sample 2) cannot be read '
-                                         f'(missing, empty, truncated or not an image)')
+    message = user_message(error.value)
+    # Free the loader and its iterator now, not when the cyclic GC finds them: the GC closes the workers' queues
+    # before the iterator's shutdown, which then waits 5 s for each worker. They are held by the frames of the
+    # exception chain (the worker's error re-raised) and by this frame, which holds the traceback that holds it.
+    exception = error.value
+    while exception is not None:
+        traceback.clear_frames(exception.__traceback__)
+        exception = exception.__cause__ or exception.__context__
+    del error, loader
+    assert message == (f'the image file {broken} (sample 2) cannot be read '
+                       f'(missing, empty, truncated or not an image)')
 
 
 def test_missing_files_fail_before_workers(named_datasets):

@@ -1,8 +1,6 @@
 """Encoders, decoder and the UBNA network: shapes, published keys, BatchNorm order, ImageNet weights loading."""
-import os
 import subprocess
 import sys
-import urllib.error
 
 import pytest
 import torch
@@ -15,45 +13,11 @@ from models.backbones.resnet import ResNet
 from models.backbones.vgg import VGG
 from models.encoders import build_encoder
 from models.ubna import build_model, encoder_batchnorm_layers
+from tests.support import ALL_BACKBONES, REPO, published_bn_order, published_shapes
 
-KEYS_DIR = '/work/shared/spec/checkpoint_keys'
-ALL_BACKBONES = [('vgg', 11), ('vgg', 13), ('vgg', 16), ('vgg', 19),
-                 ('resnet', 18), ('resnet', 34), ('resnet', 50), ('resnet', 101), ('resnet', 152)]
 WIDE_RESNETS = (50, 101, 152)
 
-
-def published_shapes(name: str) -> dict:
-    """key -> shape tuple from checkpoint_keys/<name>.txt."""
-    shapes = {}
-    with open(os.path.join(KEYS_DIR, f'{name}.txt')) as file:
-        for line in file:
-            key, shape = line.split()
-            shapes[key] = () if shape == 'scalar' else tuple(int(n) for n in shape.split('x'))
-    return shapes
-
-
-def published_bn_order(name: str) -> list:
-    """(first module name, num_features) per line of checkpoint_keys/<name>_bn_order.txt."""
-    with open(os.path.join(KEYS_DIR, f'{name}_bn_order.txt')) as file:
-        rows = [line.split() for line in file if not line.startswith('#')]
-    return [(names.split(',')[0], int(features)) for _, names, features in rows]
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These small tensors run fastest on one thread, which also cannot stall when another process is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to download weights fails as it would offline."""
-    def refuse(url, *args, **kwargs):
-        raise urllib.error.URLError(f'no network in tests ({url})')
-    monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
+pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
 
 @pytest.fixture
@@ -160,7 +124,7 @@ def test_seeded_resnet_equals_torchvision_and_draws_the_same_numbers(num_layers)
     assert torch.equal(out, expected_out)
 
 
-@pytest.mark.parametrize('num_layers', [11, 16])
+@pytest.mark.parametrize('num_layers', [11, pytest.param(16, marks=pytest.mark.slow)])  # 16: 1.5 s
 def test_vgg_features_compute_as_torchvision(num_layers):
     torch.manual_seed(4)
     reference = torchvision.models.get_model(f'vgg{num_layers}_bn', weights=None).features.train()
@@ -177,6 +141,7 @@ def test_imagenet_urls_are_torchvisions(name):
     assert IMAGENET_URLS[name] == torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
 
 
+@pytest.mark.slow  # a fresh interpreter imports every entry point
 def test_building_and_saving_a_network_imports_neither_torchvision_nor_dynamo(tmp_path):
     """Each import costs seconds (and torchvision hundreds of MB) at every start: the backbones are our own, and
     Adam (which imports torch._dynamo) is built only when training uses it."""
@@ -186,7 +151,7 @@ def test_building_and_saving_a_network_imports_neither_torchvision_nor_dynamo(tm
             f'StateManager("resnet", 18, "checkpoint").save({str(tmp_path)!r}, "batch_1")\n'
             'assert "torchvision" not in sys.modules, "torchvision was imported"\n'
             'assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"')
-    subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO)
 
 
 def test_pretrained_resnet_loads_file_from_torch_hub_cache(hub_checkpoints):

@@ -9,7 +9,7 @@ import pytest
 
 from arguments import parse_evaluation_arguments
 from models.adaptation import ONLINE_METHODS, check_online_settings
-from tests.conftest import run_script
+from tests.support import run_script
 
 SMALL_MODEL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
                '--experiment-class', 'online', '--segmentation-validation-resize-height', '64',
@@ -65,12 +65,14 @@ def evaluations(checkpoints, synthetic_root) -> dict:
         return {name: run.result() for name, run in runs.items()}
 
 
+@pytest.mark.slow  # evaluations: train.py, adapt.py, evaluate.py
 def test_an_explicit_none_gives_the_default_results_byte_for_byte(evaluations):
     default, explicit = evaluations['default'][1], evaluations['explicit_none'][1]
     assert explicit == default.replace(b'"default"', b'"explicit_none"')  # the eval_name differs, nothing else
     assert 'online' not in json.loads(default)
 
 
+@pytest.mark.slow  # evaluations: train.py, adapt.py, evaluate.py
 @pytest.mark.parametrize('method', METHODS)
 def test_every_online_method_is_scored_and_reported_with_its_settings_and_cost(evaluations, method):
     stdout, raw = evaluations[method]
@@ -83,6 +85,7 @@ def test_every_online_method_is_scored_and_reported_with_its_settings_and_cost(e
     assert 0 <= results['domains']['cityscapes']['none']['miou'] <= 1
 
 
+@pytest.mark.slow  # evaluations: train.py, adapt.py, evaluate.py
 def test_online_adaptation_starts_from_an_offline_adapted_checkpoint(evaluations):
     stdout, raw = evaluations['ubna_then_cbna']
     assert 'Evaluating online/ubna/checkpoints/batch_3 on cityscapes_validation, adapting online with cbna' in stdout
@@ -112,6 +115,7 @@ def test_bad_online_flags_get_one_sentence_naming_the_flag(capsys, flags, messag
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f'evaluate.py: error: {message}')
 
 
+@pytest.mark.slow  # evaluate.py
 def test_bad_online_flags_are_refused_before_any_work(synthetic_root, tmp_path):
     result = run_script('evaluate.py', SMALL_MODEL + ['--model-load', SOURCE, '--online-method', 'bn_ema',
                                                       '--online-momentum', '2'],

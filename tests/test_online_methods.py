@@ -13,8 +13,9 @@ from models.adaptation import (ONLINE_METHODS, SettingError, adapt_batchnorm, ba
                                check_online_settings, default_layers, layer_momenta)
 from models.adaptation.dua import augmented_copies, within_frame
 from models.ubna import build_model, encoder_batchnorm_layers
-from tests.conftest import REPO
-from tests.test_models import no_network, one_thread  # noqa: F401 (autouse fixtures, shared)
+from tests.support import REPO
+
+pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
 BATCHES = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(k)) * (1 + k) + k for k in range(3)]
 

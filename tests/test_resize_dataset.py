@@ -19,8 +19,8 @@ from dataloader.loaders import adaptation_dataset, make_loader, training_dataset
 from dataloader.resized_copy import MANIFEST
 from dataloader.transforms import Jitter, nearest_indices
 from errors import UserError, run_cli
-from tests.conftest import run_script
-from tests.dataset_fixtures import id_label, noise_image, palette_label, write_dataset
+from tests.support import run_script
+from data_download.tiny_datasets import id_label, noise_image, palette_label, write_dataset
 
 NATIVE_HW = (150, 300)
 RESIZE_HW = (64, 128)
@@ -91,6 +91,7 @@ def unjittered(monkeypatch) -> None:
     monkeypatch.setattr(Jitter, 'apply', lambda self, image: np.asarray(image))
 
 
+@pytest.mark.slow  # roots: data_download/resize_dataset.py run four times
 def test_training_copy_gives_the_same_samples(monkeypatch, roots):
     for loader in ('gta5_train', 'cityscapes_train'):
         native, copied = both(monkeypatch, roots, lambda name=loader: training_dataset(name, RESIZE_HW, CROP_HW))
@@ -98,6 +99,7 @@ def test_training_copy_gives_the_same_samples(monkeypatch, roots):
             assert not any(found.any() for found in differences), (loader, key)
 
 
+@pytest.mark.slow  # roots: data_download/resize_dataset.py run four times
 def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
     """The native path crops with float32 PIL box coordinates, so a few of its pixels are one level off the exact
     resize-then-crop that the copy gives; the 8-bit jitter chain turns such a level into a few."""
@@ -120,6 +122,7 @@ def test_adaptation_copy_gives_the_same_samples(monkeypatch, roots):
     assert np.array_equal(image, resized[:40, 8:][:, ::-1] if flip else resized[:40, :128])
 
 
+@pytest.mark.slow  # roots: data_download/resize_dataset.py run four times
 def test_validation_copy_serves_every_size(monkeypatch, roots):
     for size in (RESIZE_HW, (32, 64)):
         native, copied = both(monkeypatch, roots, lambda hw=size: validation_dataset('cityscapes_validation', hw))
@@ -127,6 +130,7 @@ def test_validation_copy_serves_every_size(monkeypatch, roots):
         assert copied[0]['label'].shape == (128, 256)
 
 
+@pytest.mark.slow  # roots: data_download/resize_dataset.py run four times
 def test_copy_holds_the_loaders_first_resize(roots):
     source, copy = roots
 
@@ -181,6 +185,7 @@ def test_copy_stores_colour_images_unless_compressed(tmp_path):
     assert deflate_block_and_row_filters(label, 48 * 3)[0] != 0
 
 
+@pytest.mark.slow  # roots: data_download/resize_dataset.py run four times
 def test_loader_reads_the_copy(monkeypatch, roots):
     monkeypatch.setenv('UBNA_DIR_DATASET', roots[1])
     loader = make_loader(training_dataset('gta5_train', RESIZE_HW, CROP_HW), 2, shuffle=True, drop_last=True,

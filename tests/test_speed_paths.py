@@ -9,7 +9,6 @@ import time
 import weakref
 from types import SimpleNamespace
 
-import cv2
 import pytest
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -20,8 +19,7 @@ from experiment.runtime import seed_loaders
 from models.ubna import build_model
 from experiment.runtime import LoopTimer, Runtime, setup_runtime
 from state_manager import StateManager
-from tests.conftest import REPO, run_script
-from tests.test_end_to_end import ADAPT, SMALL_MODEL, TRAIN
+from tests.support import ADAPT, REPO, SMALL_MODEL, TRAIN, WorkerSetup, run_script
 from evaluation.scoring import evaluate_model
 from evaluation.pictures import strip
 
@@ -47,17 +45,6 @@ def test_workers_persist_across_passes_and_cycling_restarts():
     assert len(set.union(*pids)) == 2, 'new worker processes were started'
 
 
-class WorkerSetup(Dataset):
-    """Every sample is the niceness, the OpenCV thread count and the tensor sharing strategy of its process."""
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> dict:
-        return {'nice': torch.tensor(os.nice(0)), 'cv2_threads': torch.tensor(cv2.getNumThreads()),
-                'strategy': torch.multiprocessing.get_sharing_strategy()}
-
-
 @pytest.mark.filterwarnings('ignore:.*pin_memory')  # the GPU case on a machine without one: nothing to pin
 def test_workers_run_opencv_sequentially_share_by_name_and_yield_the_cores_to_a_network_on_the_cpu():
     base = os.nice(0)
@@ -72,7 +59,7 @@ def test_workers_run_opencv_sequentially_share_by_name_and_yield_the_cores_to_a_
 
 WORKERS_AFTER_OPENCV_THREADS = """
 import cv2, numpy as np
-from tests.test_speed_paths import WorkerSetup
+from tests.support import WorkerSetup
 from dataloader.loaders import make_loader
 cv2.setNumThreads(2)
 cv2.cvtColor(np.zeros((1000, 1000, 3), np.uint8), cv2.COLOR_BGR2RGB)  # OpenCV's threads start in this process
@@ -80,6 +67,7 @@ print(sum(len(batch['nice']) for batch in make_loader(WorkerSetup(), 2, False, F
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_workers_forked_after_opencv_started_its_threads_do_not_hang():
     process = subprocess.Popen([sys.executable, '-c', WORKERS_AFTER_OPENCV_THREADS], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -96,7 +84,7 @@ JOB_END = """
 import atexit, sys, threading, time
 from dataloader.loaders import make_loader
 from experiment.runtime import exit_process
-from tests.test_speed_paths import WorkerSetup
+from tests.support import WorkerSetup
 batches = iter(make_loader(WorkerSetup(), 2, False, False, 2, False))
 next(batches)  # persistent workers are alive at the end
 print(' '.join(str(worker.pid) for worker in batches._workers))
@@ -108,6 +96,7 @@ exit_process(3)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize('thread', ['daemons only', 'thread'])
 def test_a_job_ends_after_its_clean_up_and_its_threads(tmp_path, thread):
     marker = tmp_path / 'marker'
@@ -121,6 +110,7 @@ def test_a_job_ends_after_its_clean_up_and_its_threads(tmp_path, thread):
             os.kill(pid, 0)  # the workers ended with the job
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_nothing_a_job_started_holds_its_output_open_after_it_ends(tmp_path):
     """No process that the job started holds its output open after it ends (a worker's shared-memory manager lives
     2 s longer), so that `| tee` or a caller reading the output through a pipe is not kept waiting."""
@@ -286,6 +276,7 @@ def source(synthetic_root, tmp_path_factory):
     return checkpoints
 
 
+@pytest.mark.slow  # train.py, adapt.py and evaluate.py
 def test_bf16_adaptation_and_evaluation_run_and_keep_float32_statistics(source, synthetic_root):
     common = SMALL_MODEL + ['--sys-precision', 'bf16', '--model-load', 'e2e/source/checkpoints/epoch_1']
     adapted = run_script('adapt.py', common + ADAPT + ['--model-name', 'bf16', '--adaptation-num-batches', '2',

@@ -6,10 +6,12 @@ import torch
 
 from errors import UserError
 from models.ubna import build_model
+from models.backbones import BACKBONES  # noqa: E402
 from state_manager import StateManager, describe_architecture
 from experiment.folder import experiment_dir
-from tests.test_models import ALL_BACKBONES, published_shapes
-from tests.test_models import no_network, one_thread  # noqa: F401 (autouse fixtures, shared)
+from tests.support import ALL_BACKBONES, published_shapes
+
+pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
 RUN = dict(weights_init='scratch', learning_rate=1e-4, weight_decay=0.0, scheduler_step_size=15)
 

@@ -8,14 +8,13 @@ import sys
 
 import cv2
 import pytest
-import torch
 
 from errors import UserError, run_cli
 import sweep
 from arguments import parse_adaptation_arguments, run_seed
 from sweeps.options import parse_sweep_arguments, sweep_defaults
 from sweeps import records
-from tests.conftest import REPO, run_script
+from tests.support import REPO, run_script
 
 MODEL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--experiment-class', 'sweeps',
          '--segmentation-validation-resize-height', '64', '--segmentation-validation-resize-width', '128',
@@ -60,6 +59,7 @@ def assert_same_scores(row: dict, results: dict) -> None:
         assert row['iou_' + name.replace(' ', '_')] == ('' if iou is None else repr(iou))
 
 
+@pytest.mark.slow  # checkpoints: train.py
 def test_sweep_gives_the_numbers_of_adapt_and_evaluate_run_by_hand(checkpoints, synthetic_root):
     workers = ['--sys-num-workers', '1']  # one loader worker: its seeding is part of what must match
     result = run_script('sweep.py', MODEL + ADAPT + REMAPS + workers + [
@@ -102,15 +102,6 @@ def test_sweep_gives_the_numbers_of_adapt_and_evaluate_run_by_hand(checkpoints, 
     assert image is not None and image.shape[1] > 2 * image.shape[0]  # one panel per remap
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as run_script gives its processes: two on two shared cores are several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_sweep_here(argv: list, capsys) -> tuple[int, str, str]:
     """sweep.py's entry point in this process (no interpreter start-up): exit status, stdout, stderr."""
     status = run_cli(sweep.main, argv)
@@ -118,6 +109,7 @@ def run_sweep_here(argv: list, capsys) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow  # checkpoints: train.py
 def test_rerun_skips_finished_runs_refills_a_deleted_row_and_refuses_another_command(checkpoints, synthetic_root,
                                                                                       monkeypatch, capsys,
                                                                                       one_thread):
@@ -227,6 +219,7 @@ def test_bad_sweep_input_ends_with_one_sentence_naming_the_flag(argv, message, c
     assert len(errors) == 1 and errors[0].startswith(f'sweep.py: error: {message}'), errors
 
 
+@pytest.mark.slow  # sweep.py
 def test_bad_input_stops_the_entry_point_before_any_work(tmp_path):
     result = run_script('sweep.py', ['--model-load', 'a/b', '--seeds', '1,x'], str(tmp_path), str(tmp_path),
                         check=False)
@@ -248,6 +241,7 @@ def test_sys_seed_defaults_to_the_reference_seed_and_is_checked(capsys):
     assert sweep.seeds == [5] and sweep.sys_seed is None
 
 
+@pytest.mark.slow  # checkpoints: train.py
 def test_reproduce_script_runs_the_table_from_another_directory(checkpoints, synthetic_root, tmp_path):
     env = {**os.environ, 'UBNA_DIR_DATASET': synthetic_root, 'UBNA_DIR_CHECKPOINT': checkpoints,
            'PYTHON': sys.executable, 'OMP_NUM_THREADS': '1'}

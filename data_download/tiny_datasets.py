@@ -1,10 +1,10 @@
-"""Tiny on-disk datasets in the spec §2 layout (real PNG and JSON files) for the dataloader tests and benchmark."""
+"""Tiny on-disk datasets in the spec §2 layout (real PNG and JSON files), written for the tests and the benchmarks
+(tests/conftest.py's named_datasets fixture, bench/bench_loaders.py, bench/bench_jobs.py)."""
 import json
 import os
 
 import cv2
 import numpy as np
-import pytest
 from PIL import Image
 
 from dataloader.labels import CITYSCAPES_LABELS
@@ -100,20 +100,3 @@ def write_named_loader_datasets(root: str, height: int = 64, width: int = 128, c
     write_dataset(root, 'cityscapes_sequence', stereo(), labels='cityscapes', labels_mode='fromid')
     write_dataset(root, 'kitti', stereo(), labels='other', labels_mode='fromid', split='kitti_split')
     write_dataset(root, 'kitti_2015', colour_and(id_label, height - 16, width + 32))
-
-
-@pytest.fixture
-def ubna_env(tmp_path, monkeypatch) -> str:
-    """An empty dataset root (UBNA_DIR_DATASET) plus a checkpoint root, both under tmp_path."""
-    root = tmp_path / 'datasets'
-    root.mkdir()
-    monkeypatch.setenv('UBNA_DIR_DATASET', str(root))
-    monkeypatch.setenv('UBNA_DIR_CHECKPOINT', str(tmp_path / 'checkpoints'))
-    return str(root)
-
-
-@pytest.fixture
-def named_datasets(ubna_env) -> str:
-    """The dataset root with every folder the named loaders read (64x128 images, 4 samples per split)."""
-    write_named_loader_datasets(ubna_env)
-    return ubna_env
