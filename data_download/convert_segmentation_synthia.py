@@ -16,6 +16,7 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
 
 from dataloader.paths import dataset_root  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
+from experiment.folder import write_atomically  # noqa: E402
 
 CLASS_CHANNEL = 2  # R channel of the file = index 2 of OpenCV's BGR array
 
@@ -33,8 +34,11 @@ def label_ids(image: np.ndarray, path: str) -> np.ndarray:
 def convert_label_file(source: str, target: str) -> None:
     """Write the single-channel id PNG `target` made from the SYNTHIA label PNG `source`."""
     ids = label_ids(cv2.imread(source, cv2.IMREAD_UNCHANGED), source)
-    if not cv2.imwrite(target, ids):
-        raise UserError(f"could not write label file {target}.")
+
+    def write(temporary):
+        if not cv2.imwrite(temporary, ids):
+            raise UserError(f"could not write label file {target}.")
+    write_atomically(target, write)
 
 
 def convert_synthia_labels(synthia_dir: str) -> int:

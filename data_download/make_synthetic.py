@@ -21,6 +21,7 @@ if __package__ in (None, ''):  # run as a script: make the repository root impor
 from dataloader.datasets import DATASETS  # noqa: E402
 from dataloader.labels import CITYSCAPES_LABELS  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
+from experiment.folder import write_bytes  # noqa: E402
 
 # Cityscapes label ids of the classes drawn
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = 7, 8, 11, 17, 20, 21, 22, 23, 24, 26
@@ -226,12 +227,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode('.png', image)
     assert ok, 'PNG encoding of an in-memory array cannot fail'
     return encoded.tobytes()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'wb') as file:
-        file.write(data)
 
 
 def palette_png(ids: np.ndarray, path: str) -> None:

@@ -97,6 +97,14 @@ def test_quick_demo_writes_the_table_and_both_figures(tmp_path):
         assert_near(points, QUICK_CURVES[label], MIOU_TOLERANCE, f'curve {label}')
 
 
+def test_the_readme_quotes_the_quick_demo_s_mious():
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    quoted = re.search(r'its mIoUs: source model (\d\.\d{3}), no adaptation (\d\.\d{3}), target_only (\d\.\d{3}), '
+                       r'UBNA (\d\.\d{3}), UBNA\+ (\d\.\d{3})\.', ' '.join(readme.split()))
+    assert quoted, 'README.md quotes no quick-demo mIoUs'
+    assert dict(zip(QUICK_TABLE, map(float, quoted.groups()))) == QUICK_TABLE
+
+
 def load_demo():
     """experiments/demo/run_demo.py as a module (it is a script, in no package)."""
     spec = importlib.util.spec_from_file_location('run_demo', os.path.join(REPO, 'experiments', 'demo', 'run_demo.py'))
