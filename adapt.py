@@ -2,31 +2,31 @@
 """Unsupervised BatchNorm adaptation (UBNA, spec §7): update only the encoder's BatchNorm statistics
 on unlabelled target images, with a momentum that decays per batch (UBNA) and per layer (UBNA+)."""
 import csv
+import io
 import os
 
 from arguments import parse_adaptation_arguments, run_seed
 from dataloader import loaders
 from errors import run_cli
-from experiment.folder import write_atomically
+from experiment.events import EventWriter
+from experiment.folder import write_text
 from experiment.runtime import LoopTimer, exit_process, teardown_runtime
-from jobs import open_job, training_state
+from jobs import open_job, record_options, training_state
 from models.adaptation import adapt_batchnorm, check_finite_statistics
 
 
 def write_momenta(path: str, rows) -> None:
     """The momentum of every encoder BatchNorm layer for every batch, as CSV (empty: cumulative average)."""
-    def write(temporary):
-        with open(temporary, 'w', newline='') as file:
-            writer = csv.writer(file)
-            writer.writerow(('batch', 'layer', 'name', 'momentum'))
-            writer.writerows((k, l, name, '' if m is None else f'{m:.10g}') for k, l, name, m in rows)
-    write_atomically(path, write)
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(('batch', 'layer', 'name', 'momentum'))
+    writer.writerows((k, l, name, '' if m is None else f'{m:.10g}') for k, l, name, m in rows)
+    write_text(path, text.getvalue())
 
 
 def log_momenta(folder: str, rows) -> None:
     """Tensorboard: the momentum of every layer against the batch index."""
-    from tensorboardX import SummaryWriter  # imported when needed: it adds a second to every start
-    with SummaryWriter(os.path.join(folder, 'train')) as writer:
+    with EventWriter(os.path.join(folder, 'train')) as writer:
         for k, l, _, m in rows:
             if m is not None:
                 writer.add_scalar(f'momentum/layer_{l:02d}', m, k)
@@ -52,6 +52,7 @@ def main(argv=None):
                            num_batches=opt.adaptation_num_batches, autocast=runtime.autocast)
     print(timer.summary('adapt'), flush=True)
     check_finite_statistics(state.model)
+    record_options(opt, runtime, folder)  # every check has passed: opt.json, then the results it describes
     name = f'batch_{opt.adaptation_num_batches}'
     state.save(folder, name)
     write_momenta(os.path.join(folder, 'momenta.csv'), rows)

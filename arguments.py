@@ -22,6 +22,27 @@ DEFAULT_BATCHES_PER_EPOCH = 57874 // 6  # KITTI training images // batch size, a
 MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
 DEFAULT_SEED = 1  # the seed of --sys-best-effort-determinism, as in the reference
 DEFAULT_MODEL_TYPE = 'resnet'
+# Upper bounds of the counts: generous, so that a value past one can only be a mistake (a typo, an extra digit)
+MAX_WORKERS = 256
+MAX_BATCH_SIZE = 4096
+MAX_ADAPTATION_BATCHES = 100_000  # the paper adapts on 50
+MAX_EVAL_IMAGES = 100_000  # one picture file each
+MAX_EPOCHS = 100_000  # also the checkpoint frequency and the scheduler step size, in epochs
+MAX_STEPS = 1_000_000_000  # batches per epoch, and the tensorboard and print frequencies, in steps
+COUNT_BOUNDS = {  # flag -> (least, most)
+    '--sys-num-workers': (0, MAX_WORKERS),
+    '--segmentation-validation-batch-size': (1, MAX_BATCH_SIZE),
+    '--segmentation-eval-num-images': (0, MAX_EVAL_IMAGES),
+    '--segmentation-training-batch-size': (1, MAX_BATCH_SIZE),
+    '--adaptation-training-batch-size': (1, MAX_BATCH_SIZE),
+    '--adaptation-num-batches': (1, MAX_ADAPTATION_BATCHES),
+    '--train-batches-per-epoch': (1, MAX_STEPS),
+    '--train-num-epochs': (1, MAX_EPOCHS),
+    '--train-checkpoint-frequency': (1, MAX_EPOCHS),
+    '--train-tb-frequency': (1, MAX_STEPS),
+    '--train-print-frequency': (1, MAX_STEPS),
+    '--train-scheduler-step-size': (1, MAX_EPOCHS),
+}
 
 
 def add_system_flags(parser):
@@ -199,9 +220,24 @@ def _check_names(parser, opt) -> None:
                          f'$UBNA_DIR_CHECKPOINT')
 
 
+def _check_count(parser, opt, flag: str) -> None:
+    """A count flag within COUNT_BOUNDS (a sweep's list replaces its twin, then None)."""
+    value = getattr(opt, flag[2:].replace('-', '_'))
+    least, most = COUNT_BOUNDS[flag]
+    if value is None:
+        return
+    if value < least:
+        parser.error(f'{flag} must be {"at least 1" if least == 1 else "0 or more"}, got {value}')
+    if value > most:
+        parser.error(f'{flag} must be at most {most}, got {value}')
+
+
 def check_options(parser, opt, job: str) -> None:
     """One clear message per bad value, before any work starts."""
     def positive(flag):
+        if flag in COUNT_BOUNDS:
+            _check_count(parser, opt, flag)
+            return
         value = getattr(opt, flag.lstrip('-').replace('-', '_'))
         if value < 1:
             parser.error(f'{flag} must be at least 1, got {value}')
@@ -222,15 +258,13 @@ def check_options(parser, opt, job: str) -> None:
 
     _check_finite(parser, opt)
     _check_names(parser, opt)
-    if opt.sys_num_workers < 0:
-        parser.error(f'--sys-num-workers must be 0 or more, got {opt.sys_num_workers}')
+    _check_count(parser, opt, '--sys-num-workers')
     if opt.sys_seed is not None and not 0 <= opt.sys_seed <= MAX_SEED:
         parser.error(f'--sys-seed must be an integer from 0 to {MAX_SEED}, got {opt.sys_seed}')
     network_side('--segmentation-validation-resize-height')
     network_side('--segmentation-validation-resize-width')
     positive('--segmentation-validation-batch-size')
-    if opt.segmentation_eval_num_images < 0:
-        parser.error(f'--segmentation-eval-num-images must be 0 or more, got {opt.segmentation_eval_num_images}')
+    _check_count(parser, opt, '--segmentation-eval-num-images')
     loader_names('--segmentation-validation-loaders', 'validation')
     unknown = [remap for remap in _split(opt.segmentation_eval_remaps) if remap not in REMAPS]
     if unknown or not _split(opt.segmentation_eval_remaps):

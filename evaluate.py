@@ -10,7 +10,7 @@ from evaluation.scoring import AgainstNone, evaluate_model
 from evaluation.tables import class_table, results_dict, summary_table
 from experiment.folder import write_json
 from experiment.runtime import LoopTimer, exit_process, teardown_runtime
-from jobs import loaded_model, open_job, validation_loaders_from
+from jobs import loaded_model, open_job, record_options, validation_loaders_from
 
 
 def main(argv=None) -> dict:
@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     results = results_dict(opt.model_name, scores)
     if online is not None:
         results['online'] = online.report()
+    record_options(opt, runtime, folder)  # every check has passed: opt.json, then the results it describes
     write_json(os.path.join(folder, 'results.json'), results)
     save_strips(folder, strips)
     teardown_runtime(runtime)

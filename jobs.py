@@ -14,17 +14,22 @@ def check_environment() -> None:
     checkpoint_root()
 
 
-def open_job(opt, seed: int | None, training: bool = False, record_options: bool = True) -> tuple[Runtime, str]:
-    """The runtime and the experiment folder of a job: the main process locks the folder and, with `record_options`,
-    writes opt.json (a sweep records its own sweep.json once it has checked the folder)."""
+def open_job(opt, seed: int | None, training: bool = False) -> tuple[Runtime, str]:
+    """The runtime and the experiment folder of a job; the main process locks the folder (which removes what a
+    stopped run left there). opt.json waits for record_options, once every check that can fail has passed."""
     check_environment()
     runtime = setup_runtime(opt.sys_cpu, seed, opt.sys_precision, opt.sys_memory_format, training=training)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:
         lock_experiment(folder)
-        if record_options:
-            save_options(opt, folder)
     return runtime, folder
+
+
+def record_options(opt, runtime: Runtime, folder: str) -> None:
+    """opt.json, written by the main process just before a job's first output: a run that fails its checks leaves
+    the folder as it was."""
+    if runtime.is_main:
+        save_options(opt, folder)
 
 
 def training_state(opt, runtime: Runtime) -> StateManager:

@@ -4,21 +4,20 @@ import pickle
 import re
 import shutil
 import sys
-import uuid
 import zipfile
 
 import torch
 import torch.nn as nn
 
 from errors import UserError, first_line
-from experiment.folder import checkpoint_path
+from experiment.folder import checkpoint_path, writing
+from experiment.staging import interrupted_swap, staging_folder, tidy_checkpoints
 from models import backbones
 from models.ubna import build_model
 
 ENCODER_PREFIX = 'common.encoder.encoder.'
 MAX_LISTED_KEYS = 3
 PICKLED_CODE_ERRORS = r'GLOBAL|unrecognized function|Can only create new object'  # torch's weights_only refusals
-STAGING_NAME = re.compile(r'\.(?P<name>.+)\.[0-9a-f]{32}\.tmp(?P<retired>\.old)?')  # checkpoints being written
 
 
 def read_torch_file(path: str, mmap: bool = False) -> object:
@@ -151,38 +150,28 @@ def _fsync_folder(path: str) -> None:
         os.close(descriptor)
 
 
-def _staging_folder(checkpoints: str, name: str) -> str:
-    """A new, unused staging path for checkpoint `name`: .<name>.<32 hex>.tmp (its retired twin adds .old)."""
-    return os.path.join(checkpoints, f'.{name}.{uuid.uuid4().hex}.tmp')
+def _tensor_bytes(state: object) -> int:
+    """The bytes of the tensors in a nested state (what torch.save writes, but for a little framing)."""
+    if isinstance(state, torch.Tensor):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(map(_tensor_bytes, state.values()))
+    if isinstance(state, (list, tuple)):
+        return sum(map(_tensor_bytes, state))
+    return 0
 
 
-def _interrupted_swap(target: str) -> str | None:
-    """When a kill stopped the replacement of `target` between its two renames (no `target`, a retired twin):
-    the complete copy to use, the new one if present, else the old one; None otherwise."""
-    checkpoints, name = os.path.split(target)
-    if os.path.isdir(target) or not os.path.isdir(checkpoints):
-        return None
-    for entry in sorted(os.listdir(checkpoints)):
-        found = STAGING_NAME.fullmatch(entry)
-        if found and found['name'] == name and found['retired']:
-            retired = os.path.join(checkpoints, entry)
-            return retired[:-len('.old')] if os.path.isdir(retired[:-len('.old')]) else retired
-    return None
-
-
-def _tidy_checkpoints(checkpoints: str) -> None:
-    """Before a save (one writer per experiment): finish swaps a kill interrupted, delete what killed saves left."""
-    entries = sorted(os.listdir(checkpoints))
-    for entry in entries:
-        found = STAGING_NAME.fullmatch(entry)
-        if found and found['retired']:
-            target = os.path.join(checkpoints, found['name'])
-            complete = _interrupted_swap(target)
-            if complete is not None:
-                os.replace(complete, target)
-    for entry in entries:
-        if STAGING_NAME.fullmatch(entry) and os.path.isdir(os.path.join(checkpoints, entry)):
-            shutil.rmtree(os.path.join(checkpoints, entry))  # half-written staging, or a retired old checkpoint
+def _swap_into_place(staging: str, target: str) -> None:
+    """Rename a complete staging folder to `target`; an existing one is deleted only once the new one is in place.
+    A kill between the two renames leaves no `target` but two complete copies, the retired one and the staged one:
+    load() then reads the staged one and the next save() renames it into place."""
+    if os.path.isdir(target):
+        retired = staging + '.old'
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, target)
 
 
 class StateManager:
@@ -260,37 +249,41 @@ class StateManager:
         return fresh_scheduler_state(self.learning_rate, self.scheduler_step_size, self.scheduler_gamma)
 
     def save(self, experiment_dir: str, name: str) -> str:
-        """Write experiment_dir/checkpoints/<name>/{model,optim,scheduler,train}.pth as a whole; return the folder."""
+        """Write experiment_dir/checkpoints/<name>/{model,optim,scheduler,train}.pth as a whole; return the folder.
+        A failed write (a full disk, a quota) leaves no trace of it and ends the run in one sentence."""
         checkpoints = os.path.join(experiment_dir, 'checkpoints')
-        os.makedirs(checkpoints, exist_ok=True)
-        _tidy_checkpoints(checkpoints)
-        target = os.path.join(checkpoints, name)
-        staging = _staging_folder(checkpoints, name)  # renamed into place when complete
-        os.mkdir(staging)
-        try:
-            _save_synced(contiguous_state(self.model), os.path.join(staging, 'model.pth'))
-            self._optimizer_file(os.path.join(staging, 'optim.pth'))
-            _save_synced(self._scheduler_state(), os.path.join(staging, 'scheduler.pth'))
-            _save_synced({'step': self.step, 'epoch': self.epoch}, os.path.join(staging, 'train.pth'))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if os.path.isdir(target):  # swap whole folders; the old one is deleted only once the new one is in place
-            # A kill between the two renames leaves no `target` but two complete copies, the retired one and the
-            # staged one: load() then reads the staged one and the next save() renames it into place.
-            retired = staging + '.old'
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, target)
-        _fsync_folder(checkpoints)
+        with writing(f'the checkpoint {name}', checkpoints, self._checkpoint_bytes):
+            os.makedirs(checkpoints, exist_ok=True)
+            tidy_checkpoints(checkpoints)
+            target = os.path.join(checkpoints, name)
+            staging = staging_folder(checkpoints, name)  # renamed into place when complete
+            try:
+                os.mkdir(staging)
+                _save_synced(contiguous_state(self.model), os.path.join(staging, 'model.pth'))
+                self._optimizer_file(os.path.join(staging, 'optim.pth'))
+                _save_synced(self._scheduler_state(), os.path.join(staging, 'scheduler.pth'))
+                _save_synced({'step': self.step, 'epoch': self.epoch}, os.path.join(staging, 'train.pth'))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _swap_into_place(staging, target)
+            _fsync_folder(checkpoints)
         return target
+
+    def _checkpoint_bytes(self) -> int:
+        """About the size of a checkpoint of this state: its tensors (the carried optim.pth as its file)."""
+        if self._optimizer is not None:
+            optimizer = _tensor_bytes(self._optimizer.state_dict())
+        elif self._carried_optimizer is not None:
+            optimizer = os.fstat(self._carried_optimizer[1].fileno()).st_size
+        else:
+            optimizer = 0
+        return _tensor_bytes(self.model.state_dict()) + optimizer
 
     def load(self, folder: str, weights_only: bool = False) -> None:
         """Restore from a checkpoint folder relative to UBNA_DIR_CHECKPOINT; weights_only loads model.pth alone."""
         full = checkpoint_path(folder)
-        complete = _interrupted_swap(full)
+        complete = interrupted_swap(full)
         if complete is not None:
             _warn(f'the checkpoint {folder} was being replaced when its writer stopped; loading its copy {complete}')
             full = complete

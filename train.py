@@ -8,7 +8,6 @@ import time
 
 import torch
 import torch.distributed as dist
-from tensorboardX import SummaryWriter
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -20,8 +19,9 @@ from errors import UserError, run_cli
 from evaluation.pictures import strip
 from evaluation.scoring import evaluate_model
 from evaluation.tables import summary_table
+from experiment.events import EventWriter
 from experiment.runtime import LoopTimer, exit_process, teardown_runtime
-from jobs import open_job, training_state, validation_loaders_from
+from jobs import open_job, record_options, training_state, validation_loaders_from
 from losses.segmentation import segmentation_loss
 from state_manager import StateManager
 
@@ -140,7 +140,8 @@ def main(argv=None) -> StateManager:
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=opt.sys_precision == 'fp16')  # fp16 gradients underflow
     remaps = opt.segmentation_eval_remaps.split(',')
     loss_fn = segmentation_loss().to(runtime.device)
-    writers = ({part: SummaryWriter(os.path.join(folder, part)) for part in ('train', 'validation', 'images')}
+    record_options(opt, runtime, folder)  # the checks that can fail have passed: the folder's first output
+    writers = ({part: EventWriter(os.path.join(folder, part)) for part in ('train', 'validation', 'images')}
                if runtime.is_main else {})
     last_checkpoint = None
     while state.epoch < opt.train_num_epochs:
@@ -149,6 +150,8 @@ def main(argv=None) -> StateManager:
         state.epoch += 1
         if runtime.is_main:
             validate(state.model, validation, remaps, state, runtime, opt, writers['validation'])
+            for writer in writers.values():  # a failed event write ends the run here, not in the logger thread
+                writer.check()
             if state.epoch % opt.train_checkpoint_frequency == 0 or state.epoch == opt.train_num_epochs:
                 last_checkpoint = state.save(folder, f'epoch_{state.epoch}')
                 print(f'stored {last_checkpoint}', flush=True)

@@ -8,7 +8,7 @@ import torch
 from dataloader.labels import TRAIN_ID_COLORS
 from errors import UserError
 from evaluation.metrics import upsample_labels
-from experiment.folder import write_atomically
+from experiment.folder import write_bytes, writing
 
 
 def colorize(train_ids: torch.Tensor) -> torch.Tensor:
@@ -26,16 +26,17 @@ def strip(image: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) ->
 
 def write_png(path: str, rgb: np.ndarray) -> None:
     """Write an H×W×3 uint8 RGB array as PNG, atomically."""
-    def encode(temporary):
-        if not cv2.imwrite(temporary, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise UserError(f'could not write image {path}')
-    write_atomically(path, encode)
+    ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UserError(f'could not encode the image {path} as PNG')
+    write_bytes(path, png.tobytes())  # written by Python: a failed write names its errno
 
 
 def save_strips(folder: str, strips) -> None:
     """eval_images/<domain>/img_<i>.png."""
     for domain, pictures in strips.items():
         domain_dir = os.path.join(folder, 'eval_images', domain)
-        os.makedirs(domain_dir, exist_ok=True)
+        with writing('the evaluation images', domain_dir):
+            os.makedirs(domain_dir, exist_ok=True)
         for i, picture in enumerate(pictures):
             write_png(os.path.join(domain_dir, f'img_{i}.png'), picture.permute(1, 2, 0).numpy())

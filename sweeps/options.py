@@ -3,9 +3,10 @@ single-valued twins; checked once, before any work."""
 import argparse
 import math
 
-from arguments import (DEFAULT_SEED, MAX_SEED, add_adaptation_flags, add_model_flags, add_online_adaptation_flags,
-                       add_segmentation_validation_flags, add_system_flags, add_training_flags, build_parser,
-                       check_options, online_flag, online_settings_given, online_settings_of)
+from arguments import (DEFAULT_SEED, MAX_ADAPTATION_BATCHES, MAX_SEED, add_adaptation_flags, add_model_flags,
+                       add_online_adaptation_flags, add_segmentation_validation_flags, add_system_flags,
+                       add_training_flags, build_parser, check_options, online_flag, online_settings_given,
+                       online_settings_of)
 from models.adaptation import MODES, SettingError, check_online_settings, online_settings
 from sweeps.grid import METHODS, NO_ADAPTATION, ONLINE
 
@@ -15,7 +16,9 @@ _SWEEP_LISTS = {
                   lambda value: None if value in METHODS else f'lists an unknown method {value!r}; choose from '
                                                                 f'{", ".join(METHODS)}'),
     '--num-batches': ('--adaptation-num-batches', int,
-                      lambda value: None if value >= 1 else f'must be at least 1, got {value}'),
+                      lambda value: f'must be at least 1, got {value}' if value < 1 else
+                      f'must be at most {MAX_ADAPTATION_BATCHES}, got {value}' if value > MAX_ADAPTATION_BATCHES
+                      else None),
     '--alpha-batch': ('--adaptation-alpha-batch', float,
                       lambda value: None if math.isfinite(value) and value >= 0 else f'must be 0 or more, got {value}'),
     '--alpha-layer': ('--adaptation-alpha-layer', float,

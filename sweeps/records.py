@@ -1,6 +1,7 @@
 """What a sweep keeps in its folder: sweep.json (the command that made it) and runs.csv (one row per run and
 validation domain/remap), so that a rerun skips what is done and never mixes in runs of other settings."""
 import csv
+import io
 import json
 import math
 import os
@@ -9,7 +10,7 @@ from collections import Counter
 from dataloader.labels import CLASS_NAMES
 from dataloader.loaders import pixel_work_on_device
 from errors import UserError
-from experiment.folder import write_atomically, write_json
+from experiment.folder import write_json, write_text
 from sweeps.grid import SETTINGS, Run
 
 COMMAND_FILE = 'sweep.json'
@@ -21,9 +22,9 @@ IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
 
 
-def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool) -> None:
+def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool, record: bool = True) -> dict:
     """Refuse a folder whose runs were made with other settings than `options` (the lists and the worker count
-    aside); record them.
+    aside); record them (record False: return them, for record_command once the sweep's own checks have passed).
     An option that its sweep.json lacks came to the tool after those runs, which had its value in `defaults` (or in
     UNRECORDED_VALUES). The pixel work is compared and recorded as done here (see pixel_work_as_done)."""
     options = pixel_work_as_done(options, on_gpu)
@@ -41,7 +42,14 @@ def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool) -> No
             if os.path.exists(os.path.join(folder, other)):
                 raise UserError(f'the folder {folder} holds {other} but no {COMMAND_FILE}, so it is not a sweep of '
                                 f'this command; choose another --experiment-class/--model-name')
-    write_json(path, options)
+    if record:
+        record_command(folder, options)
+    return options
+
+
+def record_command(folder: str, options: dict) -> None:
+    """sweep.json: the options of the folder's runs, as claim_folder returned them."""
+    write_json(os.path.join(folder, COMMAND_FILE), options)
 
 
 def pixel_work_as_done(options: dict, on_gpu: bool) -> dict:
@@ -99,9 +107,8 @@ class RunsTable:
         """Replace the rows of `run` (a partial set from an edited file) by `rows` and rewrite runs.csv."""
         self.rows = [row for row in self.rows if row_key(row) != run.key] + rows
 
-        def write(temporary):
-            with open(temporary, 'w', newline='') as file:
-                writer = csv.DictWriter(file, COLUMNS, restval='')
-                writer.writeheader()
-                writer.writerows(self.rows)
-        write_atomically(self.path, write)
+        text = io.StringIO(newline='')
+        writer = csv.DictWriter(text, COLUMNS, restval='')
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())

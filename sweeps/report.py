@@ -1,11 +1,12 @@
 """A sweep's runs in the paper's shape: summary.md (mean ± std of the mIoU over seeds, one row per method and
 setting, one column per validation domain and remap) and plots of the mIoU against the number of batches and
 against α_batch / α_layer where those vary."""
+import io
 import itertools
 import os
 import statistics
 
-from experiment.folder import write_atomically
+from experiment.folder import write_bytes, write_text
 from sweeps.grid import LABELS, METHODS, NO_ADAPTATION
 
 SUMMARY_FILE = 'summary.md'
@@ -65,11 +66,7 @@ def write_summary(folder: str, rows: list[dict], title: str) -> str:
     """summary.md in `folder` (atomically); returns its text."""
     text = (f'# {title}\n\nmIoU in %, mean ± sample standard deviation over the seeds (`seeds`: how many); every '
             f'run, with per-class IoU and seconds, is in runs.csv.\n\n{summary_table(rows)}\n')
-
-    def write(temporary):
-        with open(temporary, 'w') as file:
-            file.write(text)
-    write_atomically(os.path.join(folder, SUMMARY_FILE), write)
+    write_text(os.path.join(folder, SUMMARY_FILE), text)
     return text
 
 
@@ -124,7 +121,9 @@ def _plot(scores: dict, columns: list, x_name: str, path: str) -> None:
         axis.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.02, 1))  # beside the last panel: no overlap
     figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format='png', bbox_inches='tight'))
+    png = io.BytesIO()
+    figure.savefig(png, format='png', bbox_inches='tight')
+    write_bytes(path, png.getvalue())
     plt.close(figure)
 
 

@@ -120,10 +120,11 @@ def run_sweep(opt) -> str:
     """Run the runs of `opt` that runs.csv does not hold yet, then write summary.md and the plots; returns the
     sweep folder."""
     # seeded with the first seed here, then with each run's seed where its batches start
-    runtime, folder = open_job(opt, opt.seeds[0], record_options=False)  # sweep.json is recorded once checked
+    runtime, folder = open_job(opt, opt.seeds[0])
     rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
     table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
-    records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda')
+    command = records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda',
+                                   record=False)
     runs = sweep_runs(opt.methods, opt.num_batches, opt.alpha_batch, opt.alpha_layer, opt.seeds)
     finished = table.finished()
     pending = [run for run in runs if run.key not in finished]
@@ -132,8 +133,11 @@ def run_sweep(opt) -> str:
     if pending:
         with tqdm(total=len(pending), desc='sweep', unit='run') as progress:
             sweep = Sweep(opt, runtime, pending, table, progress)
+            records.record_command(folder, command)  # data and model have loaded: the folder's first output
             for chain in chains(pending):
                 sweep.run_chain(chain)
+    else:
+        records.record_command(folder, command)
     summary = report.write_summary(folder, table.rows, f'Sweep {opt.experiment_class}/{opt.model_name}: '
                                    f'{opt.model_load} on {opt.segmentation_validation_loaders}')
     plots = report.write_plots(folder, table.rows)
