@@ -5,6 +5,7 @@ Target domain: `cityscapes` (train + val, left/right images, gtFine labelIds) an
 (the same left/right images in the sequence layout). Both domains draw scenes from one layout
 distribution; the target only looks different (colour cast, lower contrast, brighter, blur, noise),
 a global change that re-estimated BatchNorm statistics can largely undo.
+ACDC conditions: `acdc` (fog, night, rain, snow; train + val) made from the target's left images and labels.
 Usage: python data_download/make_synthetic.py --out DIR [--height 64 --width 128 --seed 0 ...]
 """
 import argparse
@@ -53,6 +54,9 @@ TARGET_BLUR_SIGMA = 0.8
 TARGET_NOISE = 5.0
 STEREO_SHIFT = 4  # pixels between the left and the right view
 TARGET_CITIES = {'train': 'lindenau', 'val': 'velden'}
+ACDC_CONDITIONS = ('fog', 'night', 'rain', 'snow')
+ACDC_SEQUENCES = {'train': 'GOPR0001', 'val': 'GOPR0002'}
+CONDITION_DOMAIN = 100  # scene_rng domains of the conditions start here, apart from the source's and target's
 
 
 class Canvas:
@@ -276,12 +280,56 @@ def write_target(root: str, split: str, count: int, height: int, width: int, see
                     png_bytes(np.ascontiguousarray(ids[:, STEREO_SHIFT:])))
 
 
+def condition_look(condition: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An image of the target (HxWx3 float32 RGB) under an ACDC condition: fog blends it with grey, night darkens
+    it, rain adds bright streaks and noise, snow bright speckles."""
+    height, width = rgb.shape[:2]
+    if condition == 'fog':
+        density = np.float32(rng.uniform(0.5, 0.65))
+        return rgb * (1 - density) + 200.0 * density
+    if condition == 'night':
+        return rgb * np.float32(rng.uniform(0.2, 0.3)) * np.array([0.9, 0.95, 1.2], np.float32)
+    if condition == 'rain':
+        streaks = np.zeros((height, width), np.float32)
+        for _ in range(height * width // 64):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            cv2.line(streaks, (x, y), (x + 2, y + 7), 1.0, 1)
+        noisy = rgb * np.float32(0.8) + rng.normal(0.0, 8.0, rgb.shape).astype(np.float32)
+        return noisy + streaks[:, :, None] * np.float32(90.0)
+    speckles = (rng.random((height, width)) < 0.04).astype(np.float32)  # snow
+    return rgb * np.float32(0.9) + np.float32(30.0) + speckles[:, :, None] * np.float32(255.0)
+
+
+def write_conditions(root: str, seed: int) -> dict:
+    """ACDC's layout (rgb_anon/<condition>/<split>/<seq>/<seq>_frame_<n>_rgb_anon.png and the gt labelIds) for each
+    condition and split, from the cityscapes target's left images and labels on disk, and its index; returns samples
+    per split. Its randomness comes from generators of its own, so the other files do not change."""
+    for number, condition in enumerate(ACDC_CONDITIONS):
+        for split, city in TARGET_CITIES.items():
+            left_dir = os.path.join(root, 'cityscapes', 'leftImg8bit', split, city)
+            sequence = ACDC_SEQUENCES[split]
+            for index, name in enumerate(sorted(os.listdir(left_dir))):
+                stem = name[:-len('_leftImg8bit.png')]
+                rgb = cv2.imread(os.path.join(left_dir, name))[:, :, ::-1].astype(np.float32)
+                rng = scene_rng(seed, CONDITION_DOMAIN + 2 * number + (split == 'val'), index)
+                frame = f'{sequence}_frame_{index:06d}'
+                write_bytes(os.path.join(root, 'acdc', 'rgb_anon', condition, split, sequence, f'{frame}_rgb_anon.png'),
+                            png_bytes(to_bgr_uint8(condition_look(condition, rgb, rng))))
+                with open(os.path.join(root, 'cityscapes', 'gtFine', split, city, f'{stem}_gtFine_labelIds.png'),
+                          'rb') as label:
+                    write_bytes(os.path.join(root, 'acdc', 'gt', condition, split, sequence,
+                                             f'{frame}_gt_labelIds.png'), label.read())
+    return DATASETS['acdc'].build_index(root)
+
+
 def make_synthetic(root: str, height: int = 64, width: int = 128, num_source: int = 400,
                    num_target_train: int = 200, num_target_val: int = 100, seed: int = 0,
-                   shifted: bool = True) -> dict:
-    """Write both domains and their JSON files under root (used as UBNA_DIR_DATASET); returns samples per split.
+                   shifted: bool = True, conditions: bool = True) -> dict:
+    """Write both domains and their JSON files under root (used as UBNA_DIR_DATASET); returns samples per split of
+    the source and target datasets.
 
     shifted=False writes the cityscapes folders in the source appearance (the source domain's validation set).
+    conditions: also write the ACDC conditions (write_conditions), after everything else.
     """
     if height % 32 or width % 32 or height <= 0 or width <= 0:
         raise UserError(f"synthetic image size {height}x{width} must be positive multiples of 32.")
@@ -292,9 +340,12 @@ def make_synthetic(root: str, height: int = 64, width: int = 128, num_source: in
     write_source(root, num_source, height, width, seed)
     write_target(root, 'train', num_target_train, height, width, seed, 1, shifted)
     write_target(root, 'val', num_target_val, height, width, seed, 2, shifted)
-    return {'gta5_full_split': DATASETS['gta5'].build_index(root),
-            'cityscapes': DATASETS['cityscapes'].build_index(root),
-            'cityscapes_sequence': DATASETS['cityscapes_sequence'].build_index(root)}
+    counts = {'gta5_full_split': DATASETS['gta5'].build_index(root),
+              'cityscapes': DATASETS['cityscapes'].build_index(root),
+              'cityscapes_sequence': DATASETS['cityscapes_sequence'].build_index(root)}
+    if conditions:
+        write_conditions(root, seed)
+    return counts
 
 
 def main(argv=None) -> None:
@@ -308,9 +359,13 @@ def main(argv=None) -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--source-look', action='store_true',
                         help='write the cityscapes folders in the source appearance (a source-domain validation set)')
+    parser.add_argument('--no-conditions', action='store_true',
+                        help='skip the ACDC conditions (fog, night, rain, snow) made from the target')
     args = parser.parse_args(argv)
     counts = make_synthetic(args.out, args.height, args.width, args.num_source, args.num_target_train,
-                            args.num_target_val, args.seed, shifted=not args.source_look)
+                            args.num_target_val, args.seed, shifted=not args.source_look, conditions=False)
+    if not args.no_conditions:
+        counts['acdc'] = write_conditions(args.out, args.seed)
     for dataset, splits in counts.items():
         print(f"{dataset}: " + ', '.join(f'{split} {count}' for split, count in splits.items()))
 

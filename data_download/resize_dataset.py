@@ -62,9 +62,20 @@ class CopyPlan:
     json_files: list[str]
 
 
-def loader_kind(loader: str) -> str:
-    """'training', 'adaptation' or 'validation'."""
-    return datasets.loader(loader)[1].kind
+def a_kind(kind: str) -> str:
+    """'a training', 'an adaptation', 'a validation'."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def loader_kind(loader: str, kind: str | None = None) -> str:
+    """'training', 'adaptation' or 'validation': the loader's kind, or the one --kind picks for a name of two."""
+    kinds = datasets.loader_kinds(loader)
+    if kind is not None and kind not in kinds:
+        raise UserError(f"{loader} is not {a_kind(kind)} loader but {' and '.join(map(a_kind, kinds))} loader")
+    if kind is None and len(kinds) > 1:
+        raise UserError(f"{loader} is both {' and '.join(map(a_kind, kinds))} loader; give "
+                        f"{' or '.join(f'--kind {known}' for known in kinds)}")
+    return kind or kinds[0]
 
 
 def resize_size(args: argparse.Namespace, kind: str) -> tuple[int, int] | None:
@@ -83,7 +94,7 @@ def loader_dataset(loader: str, kind: str, resize_hw: tuple[int, int] | None):
         return training_dataset(loader, resize_hw, (1, 1))  # the random crop does not touch the first resize
     if kind == 'adaptation':
         return adaptation_dataset(loader, resize_hw, resize_hw)  # the adaptation crop flags are not used
-    return validation_dataset(loader, datasets.loader(loader)[1].size)  # any size: the copy is unchanged
+    return validation_dataset(loader, datasets.loader(loader, kind)[1].size)  # any size: the copy is unchanged
 
 
 def relative(path: str, source_root: str) -> str:
@@ -103,7 +114,7 @@ def copy_plan(loader: str, kind: str, resize_hw: tuple[int, int] | None, source_
         mode = 'copy' if written_hw is None else 'label' if category == LABEL_CATEGORY else 'color'
         for path in map(partial(relative, source_root=source_root), paths):
             tasks[path] = FileTask(path, mode, written_hw)
-    entry, source = datasets.loader(loader)
+    entry, source = datasets.loader(loader, kind)
     json_paths = [os.path.join(source_root, entry.name, name) for name in ('parameters.json', 'basic_files.json')]
     json_paths.append(split_path(entry.name, source.split, source.split_file))
     return CopyPlan(entry.name, written_hw, [tasks[path] for path in sorted(tasks)],
@@ -213,7 +224,11 @@ def positive(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write a copy of a loader's dataset resized to its resize size.")
-    parser.add_argument('loader', choices=[name for kind in datasets.KINDS for name in datasets.loader_names(kind)])
+    parser.add_argument('loader', choices=list(dict.fromkeys(name for kind in datasets.KINDS
+                                                             for name in datasets.loader_names(kind))))
+    parser.add_argument('--kind', choices=datasets.KINDS, default=None,
+                        help='the kind to copy a loader name of two kinds as (e.g. acdc_fog_train: adaptation or '
+                             'validation)')
     parser.add_argument('--resize-height', type=positive, default=None,
                         help="the job's resize height flag (default: its default; not for validation loaders)")
     parser.add_argument('--resize-width', type=positive, default=None,
@@ -227,7 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    kind = loader_kind(args.loader)
+    kind = loader_kind(args.loader, args.kind)
     resize_hw = resize_size(args, kind)
     source_root, output_root = os.path.abspath(dataset_root()), os.path.abspath(args.output)
     start = time.perf_counter()

@@ -105,7 +105,7 @@ def write_index(dataset_dir: str, params: dict, categories: list, split_of: Call
     categories = [c for c in categories if c.frames]
     frames_per_category, rows_per_category = index_categories(categories)
     names = [c.name for c in categories]
-    types = ['.png'] * len(categories)
+    types = [os.path.splitext(c.frames[0].path)[1] for c in categories]  # '.png', or '.jpg' for JPEG datasets
     files = [[f.path for f in frames] for frames in frames_per_category]
     # indent=None: each file is one line, json.dump's own layout
     write_json(os.path.join(dataset_dir, 'parameters.json'), params, indent=None)
@@ -146,3 +146,16 @@ def cityscapes_frames(dataset_dir: str, sub_dir: str, suffix: str) -> list:
 def cityscapes_split(frame: Frame) -> Optional[str]:
     """The split of a frame of cityscapes_frames, from its split folder (train, val, test)."""
     return CITYSCAPES_SPLITS.get(frame.sequence.split('/', 1)[0])
+
+
+def numbered_frames(dataset_dir: str, sub_dir: str, suffix: str) -> list:
+    """Frames of <sub_dir>/<folders>/<seq>_frame_<n><suffix> (ACDC's and Dark Zurich's file names); the sequence
+    names the folders below sub_dir and seq, so that images and labels of one frame share a key."""
+    frames = []
+    for path in list_files(dataset_dir, sub_dir, suffix):
+        folders, _, name = path[len(sub_dir) + 1:].rpartition('/')
+        sequence, _, number = name[:-len(suffix)].rpartition('_frame_')
+        if not sequence or not number.isdigit():
+            raise UserError(f"file {os.path.join(dataset_dir, path)} is not named <seq>_frame_<number>{suffix}.")
+        frames.append(Frame(f'{folders}/{sequence}', int(number), path))
+    return frames

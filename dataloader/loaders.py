@@ -35,7 +35,7 @@ def check_loader_names(names: list[str], kind: str) -> None:
 def _registered(name: str, kind: str, resize_hw: tuple[int, int]) -> tuple[datasets.DatasetEntry, datasets.Loader]:
     """The dataset and loader of a name of this kind, after the check that a resized copy suits them."""
     check_loader_names([name], kind)
-    entry, loader = datasets.loader(name)
+    entry, loader = datasets.loader(name, kind)
     check_resized_copy(entry.name, name, resize_hw, kind)
     return entry, loader
 
@@ -57,7 +57,7 @@ def training_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, 
 
 def _adaptation_geometry(name: str, resize_hw: tuple[int, int], crop_at_offsets: bool) -> tuple:
     """(resize, crop or None, crop offset) of an adaptation loader: its entry's geometry, else only the resize."""
-    geometry = datasets.loader(name)[1].geometry
+    geometry = datasets.loader(name, 'adaptation')[1].geometry
     return (resize_hw, None, (0, 0)) if geometry is None else geometry(resize_hw, crop_at_offsets)
 
 
@@ -69,7 +69,7 @@ def adaptation_input_size(name: str, resize_hw: tuple[int, int]) -> tuple[int, i
 
 def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int, int],
                        crop_at_offsets: bool = False, on_device: bool = False) -> Dataset:
-    """Left and right camera images, the right ones after the left ones; no labels.
+    """The images of the loader's cameras (left, then right, by default), one camera's after the other's; no labels.
 
     As in the reference, crop_hw is not used: a loader resizes to resize_hw, or as its entry's geometry says
     (which may crop, at offsets with crop_at_offsets).
@@ -77,16 +77,17 @@ def adaptation_dataset(name: str, resize_hw: tuple[int, int], crop_hw: tuple[int
     """
     entry, loader = _registered(name, 'adaptation', resize_hw)
     transform = AdaptationTransform(*_adaptation_geometry(name, resize_hw, crop_at_offsets), on_device)
-    files = read_split(entry.name, loader.split, loader.split_file, ['color', 'color_right'])
-    return ImageDataset({'color': files['color'] + files['color_right']}, transform, entry.name,
-                        ADAPTATION_PURPOSES)
+    files = read_split(entry.name, loader.split, loader.split_file, list(loader.cameras))
+    return ImageDataset({'color': [path for camera in loader.cameras for path in files[camera]]}, transform,
+                        entry.name, ADAPTATION_PURPOSES)
 
 
 def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
-    """Validation samples: image resized, label (always fromid) at native size, no flip, no jitter."""
+    """Validation samples: image resized, label at native size (read with the loader's labels mode, fromid unless
+    it says otherwise), no flip, no jitter."""
     entry, loader = _registered(name, 'validation', resize_hw)
     files = read_split(entry.name, loader.split, loader.split_file, ['color', 'segmentation'])
-    transform = ValidationTransform(resize_hw, label_converter(entry.labels, 'fromid'))
+    transform = ValidationTransform(resize_hw, label_converter(entry.labels, loader.labels_mode))
     return ImageDataset(files, transform, entry.name, SEGMENTATION_PURPOSES)
 
 
@@ -328,7 +329,7 @@ def validation_loaders(names: list[str], batch_size: int, resize_hw: tuple[int, 
     check_loader_names(names, 'validation')
     loaders = []
     for name in names:
-        size = resize_hw if len(names) == 1 else datasets.loader(name)[1].size
+        size = resize_hw if len(names) == 1 else datasets.loader(name, 'validation')[1].size
         loaders.append((name, make_loader(validation_dataset(name, size), batch_size, shuffle=False,
                                           drop_last=False, num_workers=num_workers, on_gpu=on_gpu)))
     return loaders

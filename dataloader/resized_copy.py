@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from dataloader import datasets
 from dataloader.dataset import load_json
 from dataloader.paths import dataset_root
 from errors import UserError
@@ -56,15 +57,19 @@ def write_manifest(folder: str, entries: dict[str, dict]) -> None:
 
 
 def rebuild_command(loader: str, resize_hw, source_root: str, copy_root: str) -> str:
-    """The shell command that writes the copy of a loader at a resize size (None: a validation loader's copy)."""
+    """The shell command that writes the copy of a loader at a resize size (None: a validation loader's copy); for
+    a name of two kinds (one of them validation) it names the kind."""
     size = '' if resize_hw is None else f' --resize-height {resize_hw[0]} --resize-width {resize_hw[1]}'
+    kinds = datasets.loader_kinds(loader)
+    if len(kinds) > 1:
+        size += ' --kind ' + ('validation' if resize_hw is None else next(k for k in kinds if k != 'validation'))
     return f'UBNA_DIR_DATASET={source_root} python {TOOL} {loader}{size} --output {copy_root}'
 
 
 def check_resized_copy(dataset: str, loader: str, resize_hw: tuple[int, int], kind: str) -> None:
     """Nothing for an ordinary dataset folder; for a resized copy, a UserError unless it was completely written for
-    this loader and resize size (any size for a validation loader, copied unchanged) from a source that has not
-    changed since (a vanished source is only a warning)."""
+    this loader and resize size (an unchanged copy, a validation loader's, serves any size) from a source that has
+    not changed since (a vanished source is only a warning)."""
     copy_root = dataset_root()
     folder = os.path.join(copy_root, dataset)
     if not os.path.isfile(os.path.join(folder, MANIFEST)):
@@ -80,7 +85,11 @@ def check_resized_copy(dataset: str, loader: str, resize_hw: tuple[int, int], ki
     if not entry['complete']:
         raise UserError(f'the resized copy of {loader} in {folder} is partial (its writing did not finish); '
                         f'rerun: {rebuild_command(loader, written_for, source_root, copy_root)}')
-    if written_for != job_hw:
+    if written_for is not None and job_hw is None:  # a name of two kinds, copied resized for the other kind
+        raise UserError(f'the dataset folder {folder} holds {loader} resized for {written_for[0]}x{written_for[1]}, '
+                        f'but as a validation loader it reads its files unchanged; write an unchanged copy: '
+                        f'{rebuild_command(loader, None, source_root, copy_root)}')
+    if written_for is not None and written_for != job_hw:  # an unchanged copy serves any resize
         raise UserError(f'the dataset folder {folder} holds {loader} resized for {written_for[0]}x{written_for[1]}, '
                         f'but this job resizes to {resize_hw[0]}x{resize_hw[1]} ({SIZE_FLAGS[kind]}); use '
                         f'{written_for[0]}x{written_for[1]} there or write a copy for this size: '
