@@ -247,7 +247,11 @@ def test_validation_loaders_resize_images_and_convert_labels(targets, name, coun
     sample = dataset[0]
     assert tuple(sample['input'].shape) == (3, 32, 64) and tuple(sample['label'].shape) == (HEIGHT, WIDTH)
     assert set(sample['label'].unique().tolist()) == train_ids != {FENCE}
-    assert sample['domain'] == loader(name, 'validation')[0].name
+    entry, registered = loader(name, 'validation')
+    assert sample['domain'] == (registered.domain or entry.name) == {
+        'acdc_fog_train': 'acdc_fog', 'acdc_night_validation': 'acdc_night', 'dark_zurich_validation': 'dark_zurich',
+        'foggy_cityscapes_0.005_validation': 'foggy_cityscapes_0.005', 'bdd100k_validation': 'bdd100k',
+        'bdd100k_train': 'bdd100k'}[name]
 
 
 @pytest.mark.parametrize('name, count', [('acdc_fog_train', 2), ('acdc_snow_validation', 1),
@@ -325,3 +329,12 @@ def test_make_synthetic_cli_conditions(tmp_path, capsys):
     assert 'acdc: fog_train 2, fog_validation 1, night_train 2' in capsys.readouterr().out
     assert run_cli(ms.main, ['--out', str(tmp_path / 'without'), '--no-conditions', *size]) == 0
     assert 'acdc' not in capsys.readouterr().out and not (tmp_path / 'without' / 'acdc').exists()
+
+
+def test_each_condition_is_scored_as_a_domain_of_its_own():
+    """Two conditions of one dataset folder are two domains of a table, not one: acdc_fog, foggy_cityscapes_0.01."""
+    from dataloader.datasets import loader
+    assert loader('acdc_fog_validation', 'validation')[1].domain == 'acdc_fog'
+    assert loader('acdc_night_train', 'validation')[1].domain == 'acdc_night'
+    assert loader('foggy_cityscapes_0.01_validation', 'validation')[1].domain == 'foggy_cityscapes_0.01'
+    assert loader('dark_zurich_validation', 'validation')[1].domain is None  # the dataset's name

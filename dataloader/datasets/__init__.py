@@ -28,6 +28,7 @@ class Loader:
     labels_mode: str = 'fromid'
     # adaptation: the colour categories it reads, each one's images after the previous one's
     cameras: tuple[str, ...] = ('color', 'color_right')
+    domain: str | None = None  # the domain its samples are scored as; None: the dataset's name
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ def build_acdc(root: str) -> dict:
 register(DatasetEntry(
     name='acdc', labels='cityscapes',
     loaders=tuple(loader for condition in CONDITIONS for split in ('train', 'validation')
-                  for loader in (Loader(f'acdc_{condition}_{split}', 'validation', f'{condition}_{split}', size=SIZE),
+                  for loader in (Loader(f'acdc_{condition}_{split}', 'validation', f'{condition}_{split}', size=SIZE,
+                                        domain=f'acdc_{condition}'),
                                  Loader(f'acdc_{condition}_{split}', 'adaptation', f'{condition}_{split}',
                                         cameras=('color',)))),
     build_index=build_acdc))

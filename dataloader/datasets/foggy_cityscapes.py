@@ -56,7 +56,7 @@ register(DatasetEntry(
     name='foggy_cityscapes', labels='cityscapes',
     loaders=tuple(loader for beta in BETAS
                   for loader in (Loader(f'foggy_cityscapes_{beta}_validation', 'validation', f'beta_{beta}_validation',
-                                        size=(512, 1024)),
+                                        size=(512, 1024), domain=f'foggy_cityscapes_{beta}'),
                                  Loader(f'foggy_cityscapes_{beta}_train', 'adaptation', f'beta_{beta}_train',
                                         cameras=('color',)))),
     build_index=build_foggy_cityscapes))
