@@ -11,7 +11,9 @@ import math
 
 from dataloader import loaders
 from dataloader.datasets import loader_names
+from dataloader.stream import ORDERS
 from evaluation.metrics import REMAPS
+from evaluation.stream import STREAM_RESETS, method_reset
 from experiment.folder import relative_name_problem
 from experiment.runtime import MEMORY_FORMATS, PRECISIONS
 from models.adaptation import (MODES, ONLINE_METHODS, RESETS, SCHEDULES, SettingError, check_online_settings,
@@ -43,6 +45,7 @@ COUNT_BOUNDS = {  # flag -> (least, most)
     '--train-print-frequency': (1, MAX_STEPS),
     '--train-scheduler-step-size': (1, MAX_EPOCHS),
 }
+RESIZE_DESTS = ('segmentation_validation_resize_height', 'segmentation_validation_resize_width')
 
 
 def add_system_flags(parser):
@@ -158,9 +161,16 @@ def add_online_adaptation_flags(parser):
                        help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
                             'inside each BatchNorm layer; ubna_online: UBNA+ one batch at a time; dua: decaying '
                             'momentum over augmented copies; tent: entropy minimisation on BatchNorm scale and shift')
-    group.add_argument('--online-reset', default=None, choices=RESETS,
-                       help="episodic: back to the loaded checkpoint's state before every batch; continual: carried "
-                            "along the stream; default: the method's (episodic for cbna, else continual)")
+    group.add_argument('--online-reset', default=None, choices=RESETS + STREAM_RESETS,
+                       help="episodic: back to the loaded checkpoint's state before every batch; domain: at the "
+                            "start of each domain's pass; round: at the start of each round; continual: never; "
+                            "default: the method's (episodic for cbna, else continual)")
+    group.add_argument('--online-rounds', type=int, default=1,
+                       help='stream the --segmentation-validation-loaders list (in its order, repeats allowed) this '
+                            'many times; each round and position is scored on its own')
+    group.add_argument('--online-order', default='sequential', choices=ORDERS,
+                       help='sequential: domain after domain; mixed: every round shuffles the batches of all its '
+                            'domains into one stream (seeded by --sys-seed), each scored under its own domain')
     for setting, (kind, help_text) in setting_flags().items():
         group.add_argument(online_flag(setting), type=kind, default=None,
                            help=f"{help_text}; unset: the method's default")
@@ -193,9 +203,41 @@ def _check_online(parser, opt) -> None:
     if opt.online_method == 'none' and opt.online_reset is not None:
         parser.error('--online-reset does not apply to --online-method none, which never adapts')
     try:
-        check_online_settings(opt.online_method, opt.online_reset, **online_settings_given(opt))
+        check_online_settings(opt.online_method, method_reset(opt.online_reset), **online_settings_given(opt))
     except SettingError as error:
         parser.error(f'{online_flag(error.setting)} {error.problem}')
+
+
+def _given_resize(parser, argv) -> list | None:
+    """[height, width] when either validation resize flag is on the command line (the other its default), else
+    None: the command line parsed again with both defaults unset."""
+    defaults = {dest: parser.get_default(dest) for dest in RESIZE_DESTS}
+    parser.set_defaults(**dict.fromkeys(RESIZE_DESTS))
+    try:
+        given = vars(parser.parse_known_args(argv)[0])
+    finally:
+        parser.set_defaults(**defaults)
+    if all(given[dest] is None for dest in RESIZE_DESTS):
+        return None
+    return [defaults[dest] if given[dest] is None else given[dest] for dest in RESIZE_DESTS]
+
+
+def check_stream(parser, opt, argv, streaming: bool, not_streaming: str) -> None:
+    """--online-rounds and --online-order; when an online method streams, record the one network input size of
+    every domain (opt.online_stream_resize: the resize flags if given, else None, each loader's default).
+    not_streaming: why they apply to nothing, after the flag's name."""
+    if opt.online_rounds < 1:
+        parser.error(f'--online-rounds must be at least 1, got {opt.online_rounds}')
+    if not streaming:
+        for flag, value, default in (('--online-rounds', opt.online_rounds, 1),
+                                     ('--online-order', opt.online_order, 'sequential')):
+            if value != default:
+                parser.error(f'{flag} {not_streaming}')
+        return
+    if opt.online_order == 'mixed' and len(set(_split(opt.segmentation_validation_loaders))) < 2:
+        parser.error('--online-order mixed needs two domains or more in --segmentation-validation-loaders, got '
+                     f'{opt.segmentation_validation_loaders}')
+    opt.online_stream_resize = _given_resize(parser, argv)
 
 
 def _split(names: str) -> list:
@@ -344,6 +386,9 @@ def _parse(job: str, description: str, groups, argv):
     parser = build_parser(job, description, groups)
     opt = parser.parse_args(argv)
     check_options(parser, opt, job)
+    if job == 'evaluate':
+        check_stream(parser, opt, argv, opt.online_method != 'none',
+                     'does not apply to --online-method none, which never adapts')
     return opt
 
 

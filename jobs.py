@@ -1,7 +1,7 @@
 """What every job does first (train.py, adapt.py, evaluate.py and the sweep): check the folder variables, set up the
 runtime, take the experiment folder; then build the network and fill it from its checkpoint."""
-from arguments import encoder_depth
-from dataloader import loaders
+from arguments import encoder_depth, run_seed
+from dataloader import loaders, stream
 from dataloader.paths import dataset_root
 from experiment.folder import checkpoint_root, experiment_dir, lock_experiment, save_options
 from experiment.runtime import Runtime, setup_runtime
@@ -58,3 +58,11 @@ def validation_loaders_from(opt, device) -> list:
         opt.segmentation_validation_loaders.split(','), opt.segmentation_validation_batch_size,
         (opt.segmentation_validation_resize_height, opt.segmentation_validation_resize_width),
         opt.sys_num_workers, on_gpu=device.type == 'cuda')
+
+
+def stream_from(opt, device) -> tuple:
+    """The plan and loader of the --online-* stream over the --segmentation-validation-loaders list."""
+    return stream.stream_loader(
+        opt.segmentation_validation_loaders.split(','), opt.segmentation_validation_batch_size,
+        opt.online_stream_resize, opt.sys_num_workers, device.type == 'cuda', opt.online_rounds, opt.online_order,
+        run_seed(opt))

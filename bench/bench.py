@@ -8,7 +8,10 @@
     training       one step: forward, weighted cross entropy, backward, Adam (crops 192×640)
     evaluation     forward + argmax + nearest upsampling to 1024×2048 labels + confusion matrix,
                    against the naive order (upsample 20 logit channels, then argmax)
-  jobs             adapt.py, evaluate.py and train.py end to end on PNGs at native size (bench_jobs.py)
+    stream         what evaluate.py --online-method tent runs per image: none's forward, then TENT's forward,
+                   backward, Adam step and prediction (batch 1)
+  jobs             adapt.py, evaluate.py, train.py and an online stream end to end on PNGs at native size
+                   (bench_jobs.py)
 
 Usage: python bench/bench.py [--size 512x1024] [--batch 6] [--device cpu|cuda] [--precision fp32|bf16|fp16]
                              [--repeats 3] [--skip-loaders] [--skip-jobs]
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from evaluation.metrics import ConfusionMatrix, remapped_prediction  # noqa: E402
+from evaluation.scoring import AgainstNone  # noqa: E402
 from losses.segmentation import segmentation_loss  # noqa: E402
 from models.adaptation import adapt_batchnorm  # noqa: E402
 from models.ubna import build_model  # noqa: E402
@@ -79,6 +83,9 @@ def _case(case, runtime, model, size, batch):
         return step, batch
     model.eval()
     images = torch.randn(1, 3, *size, device=device).to(memory_format=runtime.memory_format)
+    if case == 'stream':
+        online = AgainstNone('tent', model)
+        return (lambda: online(images)), 1
     label = torch.randint(0, 19, (1, *LABEL_SIZE), device=device)
     matrix = ConfusionMatrix(19, device)
 

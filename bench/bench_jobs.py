@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The three jobs end to end, through their real command lines, beside the network alone.
 
-Writes photo-like PNGs at native size (KITTI-like stereo for adaptation, Cityscapes 1024x2048 for validation, GTA-5
-1052x1914 with palette labels for training) and runs adapt.py (--adapt-batches x --adapt-batch), evaluate.py
-(--eval-images) and one epoch of train.py (--train-steps). For each job: wall time, seconds from process start to
+Writes photo-like PNGs at native size (KITTI-like stereo for adaptation, Cityscapes 1024x2048 and KITTI 2015
+375x1242 for validation, GTA-5 1052x1914 with palette labels for training) and runs adapt.py (--adapt-batches x
+--adapt-batch), evaluate.py (--eval-images), one epoch of train.py (--train-steps) and evaluate.py --online-method tent
+over a stream of 4 domains (Cityscapes, KITTI 2015, twice) x --stream-rounds at --stream-size, batch 1. For each job: wall time, seconds from process start to
 the first batch, images/s after it (overall, and over the loop's second half: the steady state, without cuDNN's
 start and autotuning or the batches decoded before the first), and the pipeline efficiency = job images/s /
 network-alone images/s (bench.py's measurement of the same step on random tensors). Defaults follow the device:
@@ -46,9 +47,9 @@ SUMMARY = re.compile(r'first batch ([\d.]+) s after start; then (\d+) images in 
 ALLOCATED = (re.compile(r'peak (\d+) MiB on the GPU'), re.compile(r'Maximum bytes of GPU memory used:\s*(\d+)'))
 DEFAULTS = {  # GPU: the issue's targets; CPU: sizes a 2-core machine runs in minutes
     'cuda': {'model': 'vgg16', 'adapt_size': '512x1024', 'adapt_native': '1024x2048', 'eval_images': 100,
-             'train_steps': 200, 'train_batch': 12, 'workers': min(8, os.cpu_count())},
+             'train_steps': 200, 'train_batch': 12, 'workers': min(8, os.cpu_count()), 'stream_size': '544x960'},
     'cpu': {'model': 'resnet18', 'adapt_size': '160x512', 'adapt_native': '375x1242', 'eval_images': 10,
-            'train_steps': 10, 'train_batch': 6, 'workers': min(2, os.cpu_count())},
+            'train_steps': 10, 'train_batch': 6, 'workers': min(2, os.cpu_count()), 'stream_size': '128x256'},
 }
 
 
@@ -87,6 +88,9 @@ def write_datasets(root: str, args) -> None:
     write_indexed(root, 'cityscapes', {'color': [photo_like(rng, 1024, 2048) for _ in range(n)],
                                        'segmentation': [id_label(rng, 1024, 2048) for _ in range(n)]},
                   args.eval_images, split_file='validation')
+    write_indexed(root, 'kitti_2015', {'color': [photo_like(rng, 375, 1242) for _ in range(n)],
+                                       'segmentation': [id_label(rng, 375, 1242) for _ in range(n)]},
+                  args.eval_images, split_file='train')
     write_indexed(root, 'gta5', {'color': [photo_like(rng, 1052, 1914) for _ in range(n)],
                                  'segmentation': [palette_label(rng, 1052, 1914) for _ in range(n)]},
                   args.train_steps * args.train_batch, split='full_split', labels='gta5', labels_mode='fromrgb')
@@ -183,6 +187,8 @@ def main() -> None:
     parser.add_argument('--train-steps', type=int, help='training steps (gta5_train, crops 192x640)')
     parser.add_argument('--train-batch', type=int)
     parser.add_argument('--workers', type=int, help='--sys-num-workers of the jobs')
+    parser.add_argument('--stream-size', help='network input HxW of every domain of the online stream')
+    parser.add_argument('--stream-rounds', type=int, default=2, help='rounds of the online stream')
     parser.add_argument('--train-from-copy', action='store_true',
                         help='train.py reads a copy resized by data_download/resize_dataset.py (time to write it '
                              'printed) instead of the native-size PNGs')
@@ -234,6 +240,13 @@ def main() -> None:
                                                              '--adaptation-pixel-work', other_pixel_work],
                                   datasets, checkpoints, device=args.device)
         evaluate = run_job('evaluate.py', evaluate_flags, datasets, checkpoints, device=args.device)
+        stream_h, stream_w = size(args.stream_size)
+        stream = run_job('evaluate.py', common + [
+            '--model-name', 'streamed', '--model-load', source, '--segmentation-eval-num-images', 0,
+            '--segmentation-validation-loaders', ','.join(['cityscapes_validation', 'kitti_2015_train'] * 2),
+            '--segmentation-validation-resize-height', stream_h, '--segmentation-validation-resize-width', stream_w,
+            '--online-method', 'tent', '--online-rounds', args.stream_rounds], datasets, checkpoints,
+            device=args.device)
         if args.reference:  # same data, checkpoint and flags; scratch init: the checkpoint replaces ImageNet's
             reference = {
                 'adapt': run_job('adapt.py', reference_flags(adapt_flags) + ['--train-weights-init', 'scratch'],
@@ -246,12 +259,15 @@ def main() -> None:
         'evaluate': measure('evaluation', args.model, (512, 1024), 1, args.device, args.repeats, args.precision)[0],
         'train': measure('training', args.model, (192, 640), args.train_batch, args.device, args.repeats,
                          args.precision)[0],
+        'stream': measure('stream', args.model, (stream_h, stream_w), 1, args.device, args.repeats,
+                          args.precision)[0],
     }
     jobs = [('adapt', adapt, f'adapt.py {args.adapt_batches}x{args.adapt_batch} at {adapt_h}x{adapt_w} '
                              f'from {args.adapt_native} ({pixel_work})'),
             ('evaluate', evaluate, f'evaluate.py {args.eval_images} images 512x1024 from 1024x2048'),
             ('train', train, f'train.py {args.train_steps}x{args.train_batch} crops 192x640 from '
-                             f'{"the 512x1024 copy" if args.train_from_copy else "1052x1914"}')]
+                             f'{"the 512x1024 copy" if args.train_from_copy else "1052x1914"}'),
+            ('stream', stream, f'tent stream 4 domains x {args.stream_rounds} rounds at {stream_h}x{stream_w}')]
     if args.adapt_both_pixel_works:
         jobs.insert(1, ('adapt', adapt_other, f'the same ({other_pixel_work})'))
     if args.reference:

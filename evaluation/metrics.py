@@ -69,6 +69,11 @@ class ConfusionMatrix:
         codes = torch.where(valid, label * n + prediction, n * n)  # integer adds: exact in any order
         self._counts.scatter_add_(0, codes, torch.ones_like(codes))
 
+    def add(self, other: 'ConfusionMatrix') -> 'ConfusionMatrix':
+        """Count the pixels of `other` into this matrix too; returns this matrix."""
+        self._counts += other._counts
+        return self
+
     def iou(self) -> torch.Tensor:
         """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from labels and predictions."""
         matrix = self.matrix.double()

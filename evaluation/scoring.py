@@ -12,8 +12,8 @@ from evaluation.pictures import strip
 from models.adaptation import build_online_method
 
 
-def _score_batch(predict, batch: dict, matrices: dict, runtime, skip_unused_class: bool, strips: list,
-                num_images: int) -> None:
+def score_batch(predict, batch: dict, matrices: dict, runtime, skip_unused_class: bool, strips: list,
+               num_images: int) -> None:
     """Count one batch into `matrices` ({remap: ConfusionMatrix}) and add strips until there are `num_images`.
     A function of its own so that the batch's device tensors (logits, labels) are freed before the next forward
     pass instead of living through it (a lower peak of memory)."""
@@ -52,8 +52,8 @@ def evaluate_model(model, validation_loaders, remaps, runtime, num_images=0, sho
             domain = batch['domain'][0]
             if domain not in scores:
                 scores[domain] = {remap: ConfusionMatrix(len(REMAPS[remap]), device) for remap in remaps}
-            _score_batch(model if online is None else online, batch, scores[domain], runtime, skip_unused_class,
-                        strips.setdefault(domain, []), num_images)
+            score_batch(model if online is None else online, batch, scores[domain], runtime, skip_unused_class,
+                       strips.setdefault(domain, []), num_images)
     model.train(was_training)
     return scores, strips
 
@@ -69,6 +69,10 @@ class AgainstNone:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         self.none(inputs)
         return self.method(inputs)
+
+    def reset(self) -> None:
+        """The method back to its source state (a stream's domain and round resets)."""
+        self.method.reset()
 
     def report(self) -> dict:
         """results.json's 'online': the method, its settings, and milliseconds per image (null if unmeasured)."""

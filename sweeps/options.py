@@ -5,8 +5,9 @@ import math
 
 from arguments import (DEFAULT_SEED, MAX_ADAPTATION_BATCHES, MAX_SEED, add_adaptation_flags, add_model_flags,
                        add_online_adaptation_flags, add_segmentation_validation_flags, add_system_flags,
-                       add_training_flags, build_parser, check_options, online_flag, online_settings_given,
-                       online_settings_of)
+                       add_training_flags, build_parser, check_options, check_stream, online_flag,
+                       online_settings_given, online_settings_of)
+from evaluation.stream import method_reset
 from models.adaptation import MODES, SettingError, check_online_settings, online_settings
 from sweeps.grid import METHODS, NO_ADAPTATION, ONLINE
 
@@ -96,7 +97,7 @@ def _check_sweep_online(parser, opt) -> None:
         parser.error('--online-reset applies to none of the methods in --methods (no online method)')
     for method in listed:
         try:
-            check_online_settings(method, opt.online_reset, **online_settings_of(opt, method))
+            check_online_settings(method, method_reset(opt.online_reset), **online_settings_of(opt, method))
         except SettingError as error:
             parser.error(f'{online_flag(error.setting)} {error.problem} (for {method})')
 
@@ -124,4 +125,6 @@ def parse_sweep_arguments(argv=None) -> argparse.Namespace:
     _resolve_sweep_lists(parser, opt, twins)
     _check_sweep_online(parser, opt)
     check_options(parser, opt, 'sweep')
+    check_stream(parser, opt, argv, any(method in ONLINE for method in opt.methods),
+                 'applies to none of the methods in --methods (no online method)')
     return opt

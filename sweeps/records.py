@@ -19,7 +19,8 @@ LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')
 FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, no number moves
 UNRECORDED_VALUES = {'adaptation_pixel_work': 'workers'}  # what runs did before an option existed, if not its default
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
-COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
+OLD_COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
+COLUMNS = (*OLD_COLUMNS, 'stream_miou')  # an online run's mIoU over its whole stream (per remap); '' for the others
 
 
 def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool, record: bool = True) -> dict:
@@ -64,14 +65,15 @@ def _number(value) -> str:
     return '' if value is None or (isinstance(value, float) and math.isnan(value)) else repr(float(value))
 
 
-def run_rows(run: Run, results: dict, seconds: float) -> list[dict]:
-    """The runs.csv rows of one run from evaluation.tables.results_dict: one per validation domain and remap."""
+def run_rows(run: Run, results: dict, seconds: float, stream_miou: dict | None = None) -> list[dict]:
+    """The runs.csv rows of one run from evaluation.tables.results_dict: one per validation domain and remap (an
+    online run's: the stream's last round), with the stream's mIoU of the remap ({remap: mIoU}) if given."""
     rows = []
     for domain, remaps in results['domains'].items():
         for remap, scores in remaps.items():
             row = dict(zip(SETTINGS, run.key), domain=domain, remap=remap, classes=str(len(scores['iou'])),
                        miou=_number(scores['miou']), mean_accuracy=_number(scores['mean_accuracy']),
-                       seconds=f'{seconds:.3f}')
+                       seconds=f'{seconds:.3f}', stream_miou=_number(stream_miou[remap]) if stream_miou else '')
             row.update(('iou_' + name.replace(' ', '_'), _number(iou)) for name, iou in scores['iou'].items())
             rows.append(row)
     return rows
@@ -95,9 +97,9 @@ class RunsTable:
             return []
         with open(self.path, newline='') as file:
             reader = csv.DictReader(file)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
+            if tuple(reader.fieldnames or ()) not in (COLUMNS, OLD_COLUMNS):  # older sweeps wrote no stream_miou
                 raise UserError(f'{self.path} does not have the columns a sweep writes; move it away to start over')
-            return list(reader)
+            return [{**row, 'stream_miou': row.get('stream_miou', '')} for row in reader]
 
     def finished(self) -> set[tuple]:
         """The keys of runs with all their rows (one per validation domain and remap)."""

@@ -8,11 +8,13 @@ import statistics
 
 from experiment.folder import write_bytes, write_text
 from sweeps.grid import LABELS, METHODS, NO_ADAPTATION
+from sweeps.records import row_key
 
 SUMMARY_FILE = 'summary.md'
 BATCHES_PLOT = 'miou_vs_batches.png'
 ALPHA_PLOT = 'miou_vs_{}.png'
 GROUPING = ('method', 'num_batches', 'alpha_batch', 'alpha_layer')  # a row of the summary: all but the seed
+STREAM = 'stream'  # the column of an online run's mIoU over its whole stream
 SYMBOLS = {'num_batches': 'N', 'alpha_batch': 'α_batch', 'alpha_layer': 'α_layer'}
 
 
@@ -24,16 +26,22 @@ def _setting_order(setting: tuple) -> tuple:
 
 
 def collect(rows: list[dict]) -> tuple[list[tuple], dict]:
-    """The (domain, remap, classes) columns in order of appearance, and {setting: {column: [mIoU per seed]}}."""
-    columns, scores = [], {}
+    """The (domain, remap, classes) columns in order of appearance, then the (STREAM, remap, classes) ones of online
+    runs, and {setting: {column: [mIoU per seed]}}."""
+    columns, streams, scores, counted = [], [], {}, set()
     for row in rows:
         column = (row['domain'], row['remap'], row['classes'])
         if column not in columns:
             columns.append(column)
+        setting = tuple(row[name] for name in GROUPING)
         if row['miou']:
-            setting = tuple(row[name] for name in GROUPING)
             scores.setdefault(setting, {}).setdefault(column, []).append(float(row['miou']))
-    return columns, dict(sorted(scores.items(), key=lambda item: _setting_order(item[0])))
+        stream = (STREAM, row['remap'], row['classes'])
+        if row.get('stream_miou') and (row_key(row), stream) not in counted:  # every domain row of a run holds it
+            counted.add((row_key(row), stream))
+            streams += [stream] if stream not in streams else []
+            scores.setdefault(setting, {}).setdefault(stream, []).append(float(row['stream_miou']))
+    return columns + streams, dict(sorted(scores.items(), key=lambda item: _setting_order(item[0])))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -64,8 +72,11 @@ def summary_table(rows: list[dict]) -> str:
 
 def write_summary(folder: str, rows: list[dict], title: str) -> str:
     """summary.md in `folder` (atomically); returns its text."""
+    streams = any(row.get('stream_miou') for row in rows)
     text = (f'# {title}\n\nmIoU in %, mean ± sample standard deviation over the seeds (`seeds`: how many); every '
-            f'run, with per-class IoU and seconds, is in runs.csv.\n\n{summary_table(rows)}\n')
+            f'run, with per-class IoU and seconds, is in runs.csv.'
+            + (' An online run\'s domain columns are its stream\'s last round; `stream` is its mIoU over the whole '
+               'stream.' if streams else '') + f'\n\n{summary_table(rows)}\n')
     write_text(os.path.join(folder, SUMMARY_FILE), text)
     return text
 

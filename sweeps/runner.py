@@ -1,5 +1,6 @@
-"""Running a sweep with the jobs' own code: the validation images are decoded once, the adaptation batches once per
-seed, and each method adapts once to its largest number of batches, evaluated at every smaller one on the way."""
+"""Running a sweep with the jobs' own code: the validation images are decoded once (and the online methods' stream
+once), the adaptation batches once per seed, and each method adapts once to its largest number of batches, evaluated
+at every smaller one on the way."""
 import os
 import time
 
@@ -8,7 +9,9 @@ from tqdm import tqdm
 from arguments import encoder_depth, online_settings_of
 from dataloader import loaders
 from dataloader.loaders import StartedLoader
+from dataloader.stream import StreamPlan, batches_loader, stream_dataset
 from evaluation.scoring import evaluate_model
+from evaluation.stream import method_reset, score_stream
 from evaluation.tables import results_dict
 from experiment.runtime import seed_everything, teardown_runtime
 from jobs import loaded_model, open_job, validation_loaders_from
@@ -26,6 +29,31 @@ def decode_validation(started: list) -> list:
     return [(name, [{key: batch[key] for key in VALIDATION_KEYS}
                     for batch in tqdm(loader, desc=f'decode {name}', total=len(loader), leave=False)])
             for name, loader in started]
+
+
+class StreamBatches:
+    """Every distinct batch of the online methods' stream, decoded once and replayed in each run's order (a mixed
+    order draws with the run's seed, as evaluate.py draws with --sys-seed)."""
+
+    def __init__(self, opt, device):
+        self.opt = opt
+        self.names = opt.segmentation_validation_loaders.split(',')
+        dataset, self.lengths = stream_dataset(self.names, opt.online_stream_resize)
+        self.distinct = StreamPlan(self.names, self.lengths, opt.segmentation_validation_batch_size).distinct_batches()
+        self.loader = StartedLoader(batches_loader(dataset, self.distinct, opt.sys_num_workers,
+                                                   device.type == 'cuda'))  # its workers start now
+        self.batches = None
+
+    def decode(self) -> None:
+        self.batches = {tuple(indices): {key: batch[key] for key in VALIDATION_KEYS} for indices, batch in zip(
+            self.distinct, tqdm(self.loader, desc='decode the stream', total=len(self.distinct), leave=False))}
+
+    def plan(self, seed: int) -> StreamPlan:
+        return StreamPlan(self.names, self.lengths, self.opt.segmentation_validation_batch_size,
+                          self.opt.online_rounds, self.opt.online_order, seed)
+
+    def replay(self, plan: StreamPlan):
+        return (self.batches[tuple(indices)] for _, indices in plan.batches)
 
 
 class SeedBatches:
@@ -53,10 +81,14 @@ class Sweep:
         for run in pending:
             self.batches_per_seed[run.seed] = max(self.batches_per_seed.get(run.seed, 0), run.num_batches)
         self.remaps = opt.segmentation_eval_remaps.split(',')
+        plain = any(run.method not in ONLINE for run in pending)  # the online runs score the stream instead
         started = [(name, StartedLoader(loader))  # data first: its errors come first, its workers start now
-                   for name, loader in validation_loaders_from(opt, runtime.device)]
+                   for name, loader in (validation_loaders_from(opt, runtime.device) if plain else [])]
+        self.stream = StreamBatches(opt, runtime.device) if any(run.method in ONLINE for run in pending) else None
         self.source = loaded_model(opt, runtime).state_dict()
         self.validation = decode_validation(started)
+        if self.stream is not None:
+            self.stream.decode()
         self.seed_batches = None
         self.model = None
 
@@ -77,7 +109,8 @@ class Sweep:
         if first.method == NO_ADAPTATION or first.method in ONLINE:
             seed_everything(first.seed)  # as evaluate.py seeds before its online method draws
             online = None if first.method == NO_ADAPTATION else build_online_method(
-                first.method, self.model, reset=self.opt.online_reset, **online_settings_of(self.opt, first.method))
+                first.method, self.model, reset=method_reset(self.opt.online_reset),
+                **online_settings_of(self.opt, first.method))
             self._evaluate(first, 0.0, online)
             return
         largest = chain[-1].num_batches
@@ -101,14 +134,22 @@ class Sweep:
                         autocast=self.runtime.autocast)
 
     def _evaluate(self, run: Run, adapting: float, online=None) -> float:
-        """Score the model as it is now (through `online`, an online method, if given), record the run (its seconds:
-        `adapting` plus this evaluation); returns the seconds of this evaluation."""
+        """Score the model as it is now (adapting online over the stream with `online`, an online method, if given),
+        record the run (its seconds: `adapting` plus this evaluation); returns the seconds of this evaluation."""
         started = time.perf_counter()
-        scores, _ = evaluate_model(self.model, self.validation, self.remaps, self.runtime, show_progress=False,
-                                   skip_unused_class=self.opt.segmentation_eval_skip_unused_class, online=online)
+        skip = self.opt.segmentation_eval_skip_unused_class
+        if online is None:
+            scores, _ = evaluate_model(self.model, self.validation, self.remaps, self.runtime, show_progress=False,
+                                       skip_unused_class=skip)
+            stream_miou = None
+        else:
+            plan = self.stream.plan(run.seed)
+            streamed = score_stream(self.model, plan, self.stream.replay(plan), self.remaps, self.runtime, online,
+                                    self.opt.online_reset, show_progress=False, skip_unused_class=skip)
+            scores, stream_miou = streamed.last_round(), {remap: m.miou() for remap, m in streamed.whole().items()}
         results = results_dict(self.opt.model_name, scores)
         seconds = time.perf_counter() - started
-        rows = records.run_rows(run, results, adapting + seconds)
+        rows = records.run_rows(run, results, adapting + seconds, stream_miou)
         self.table.add(run, rows)
         self.progress.write(f'{run.describe()}: ' + ', '.join(
             f'{row["domain"]}/{row["remap"]} mIoU {float(row["miou"] or "nan"):.3f}' for row in rows))
@@ -121,7 +162,8 @@ def run_sweep(opt) -> str:
     sweep folder."""
     # seeded with the first seed here, then with each run's seed where its batches start
     runtime, folder = open_job(opt, opt.seeds[0])
-    rows_per_run = len(opt.segmentation_validation_loaders.split(',')) * len(opt.segmentation_eval_remaps.split(','))
+    rows_per_run = (len(set(opt.segmentation_validation_loaders.split(',')))  # a repeated loader is one domain
+                    * len(opt.segmentation_eval_remaps.split(',')))
     table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
     command = records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda',
                                    record=False)

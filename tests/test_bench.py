@@ -21,7 +21,7 @@ class ListQueue(list):
         self.append(item)
 
 
-@pytest.mark.parametrize('case', ['adaptation', 'training', 'evaluation', 'evaluation_naive'])
+@pytest.mark.parametrize('case', ['adaptation', 'training', 'evaluation', 'evaluation_naive', 'stream'])
 def test_each_network_case_measures_a_rate_and_a_peak_memory(case):
     queue = ListQueue()
     bench._measure(case, 'resnet18', (64, 64), 2, 'cpu', 'fp32', 1, queue)
