@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2  # two test processes: one per core of the 2-core machines
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
