@@ -22,6 +22,8 @@ QUICK_TABLE = {('source model', 'source'): 0.040, ('no adaptation', 'target'): 0
 QUICK_ONLINE = {('none', '-'): 0.033, ('bn_ema', 'continual'): 0.031, ('cbna', 'episodic'): 0.036,
                 ('dua', 'continual'): 0.034, ('tent', 'continual'): 0.062, ('test_batch', 'continual'): 0.065,
                 ('ubna_online', 'continual'): 0.037}
+QUICK_CONTINUAL = {'bn_ema': 0.029, 'cbna': 0.040, 'dua': 0.049, 'tent': 0.034, 'test_batch': 0.035,
+                   'ubna_online': 0.055}  # the stream mIoU of each method over fog, night, rain, snow x 3 rounds
 QUICK_CURVES = {'constant momentum 0.1': {0: 0.033, 1: 0.038, 3: 0.038},
                 'target_only (AdaBN)': {0: 0.033, 1: 0.058, 3: 0.050},
                 'UBNA': {0: 0.033, 1: 0.041, 3: 0.046}, 'UBNA+': {0: 0.033, 1: 0.038, 3: 0.040}}
@@ -36,6 +38,7 @@ ROUNDING = 0.001 + 1e-9
 
 ROW = re.compile(r'^\| (.+?) \| (source|target) \| (\d+\.\d{3}) \| \d+ \| \d+ \|$', re.M)
 ONLINE_ROW = re.compile(r'^\| (\w+) \| (-|continual|episodic) \| (\d+\.\d{3}) \| [\d.]+ \| (?:[\d.]+|-) \|$', re.M)
+CONTINUAL_ROW = re.compile(r'^\| (\w+) \| (\d) \| ((?:\d\.\d{3} \| ){4})(\d\.\d{3}) \| (\d\.\d{3})? \|$', re.M)
 CURVE = re.compile(r'^curve (.+): (\d+: \d+\.\d{3}(?:, \d+: \d+\.\d{3})*)$', re.M)
 
 
@@ -43,6 +46,13 @@ def table_mious(text: str) -> tuple[dict, dict]:
     """({(model, domain): mIoU}, {(online method, reset): mIoU}) of the demo's summary."""
     return ({(model, domain): float(v) for model, domain, v in ROW.findall(text)},
             {(method, reset): float(v) for method, reset, v in ONLINE_ROW.findall(text)})
+
+
+def continual_mious(text: str) -> dict:
+    """{(method, round): ([mIoU per domain], mean, stream mIoU or None)} of the demo's continual table."""
+    return {(method, int(r)): ([float(v) for v in values.split(' | ') if v.strip()], float(mean),
+                               float(whole) if whole else None)
+            for method, r, values, mean, whole in CONTINUAL_ROW.findall(text)}
 
 
 def curve_mious(text: str) -> dict:
@@ -70,9 +80,23 @@ def test_quick_demo_writes_the_table_and_both_figures(tmp_path):
     for method, reset in (('none', '-'), ('test_batch', 'continual'), ('cbna', 'episodic'), ('bn_ema', 'continual'),
                           ('ubna_online', 'continual'), ('dua', 'continual'), ('tent', 'continual')):
         assert f'| {method} | {reset} |' in summary  # the online methods' table
-    for figure in ('miou_vs_batches.png', 'predictions.png'):
+    for figure in ('miou_vs_batches.png', 'continual.png', 'predictions.png'):
         image = cv2.imread(str(tmp_path / figure))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 300
+
+    # the continual table: every online method over the four conditions, 3 rounds, as results.json holds it
+    continual = continual_mious(summary)
+    assert continual == continual_mious(result.stdout)
+    assert sorted(continual) == [(method, r) for method in sorted(QUICK_CONTINUAL) for r in (1, 2, 3)]
+    for (method, r), (values, mean, whole) in continual.items():
+        stream = json.loads((tmp_path / 'checkpoints' / 'demo' / f'continual_{method}' / 'results.json').read_text())
+        cells = [cell for cell in stream['online']['stream'] if cell['round'] == r]
+        assert [cell['domain'] for cell in cells] == [f'acdc_{c}_validation' for c in ('fog', 'night', 'rain', 'snow')]
+        assert all(abs(cell['miou'] - value) <= 0.0005 + 1e-9 for cell, value in zip(cells, values))
+        assert abs(mean - sum(values) / 4) <= ROUNDING
+        assert (whole is None) == (r != 3)
+    assert_near({method: continual[method, 3][2] for method in QUICK_CONTINUAL}, QUICK_CONTINUAL, MIOU_TOLERANCE,
+                'continual stream mIoU')
 
     # the mIoUs: printed and in summary.md alike, consistent with each other and with results.json, and as measured
     printed, online_printed = table_mious(result.stdout)
@@ -148,3 +172,11 @@ def test_the_demo_s_curves_figures_and_tables_in_this_process(synthetic_root, tm
     lines = demo.online_table([('none', '-', 0.125, 0.0, None), row])
     assert table_mious('\n'.join(lines))[1] == {('none', '-'): 0.125, ('cbna', 'episodic'): 0.25}
     assert lines[-1] == '| cbna | episodic | 0.250 | 1.2 | 3.5 |'
+
+    continual = [('tent', 1, [0.25, 0.5, 0.125, 0.0], None), ('tent', 2, [0.5, 0.5, 0.25, 0.25], 0.375)]
+    text = '\n'.join(demo.continual_table(continual))
+    assert continual_mious(text) == {('tent', 1): ([0.25, 0.5, 0.125, 0.0], 0.219, None),
+                                     ('tent', 2): ([0.5, 0.5, 0.25, 0.25], 0.375, 0.375)}
+    demo.plot_continual(continual + [('cbna', r, [0.1] * 4, None) for r in (1, 2)], str(tmp_path / 'c.png'))
+    image = cv2.imread(str(tmp_path / 'c.png'))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 300

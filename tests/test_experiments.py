@@ -1,4 +1,6 @@
-"""experiments/gta_to_cs/*.sh run from any working directory (paper flags, small sizes appended)."""
+"""experiments/gta_to_cs/*.sh and cs_to_acdc/*.sh run from any working directory (paper flags, small sizes
+appended)."""
+import csv
 import os
 import subprocess
 import sys
@@ -41,3 +43,27 @@ def test_gta_to_cs_scripts_chain_from_another_directory(synthetic_root, tmp_path
     assert outputs['evaluate.sh'].count('eval_name    | domain') == 3
     for name in ('source', 'ubna', 'ubna_plus'):
         assert (checkpoints / 'iccv_experiments' / f'eval_gta_to_cs_{name}' / 'results.json').is_file()
+
+
+@pytest.mark.slow
+def test_cs_to_acdc_scripts_run_the_continual_protocol_from_another_directory(synthetic_root, tmp_path):
+    """pretrain.sh on Cityscapes, then reproduce.sh's stream over the four conditions in rounds (small sizes and two
+    rounds appended); the summary holds each method's stream mIoU."""
+    checkpoints = tmp_path / 'checkpoints'
+    env = {**os.environ, 'UBNA_DIR_DATASET': synthetic_root, 'UBNA_DIR_CHECKPOINT': str(checkpoints),
+           'PYTHON': sys.executable, 'OMP_NUM_THREADS': '1'}
+    pretrain = OVERRIDES['pretrain.sh'] + ['--segmentation-training-loaders', 'cityscapes_train']
+    reproduce = SMALL + ['--methods', 'no_adaptation,bn_ema,tent', '--online-rounds', '2']
+    for script, flags in (('pretrain.sh', pretrain), ('reproduce.sh', reproduce)):
+        result = subprocess.run(['bash', os.path.join(REPO, 'experiments', 'cs_to_acdc', script), *flags],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f'{script}:\n{result.stdout}\n{result.stderr}'
+    sweep = checkpoints / 'ubna_sweeps' / 'cs_to_acdc'
+    with open(sweep / 'runs.csv') as file:
+        rows = list(csv.DictReader(file))
+    domains = ['acdc_fog', 'acdc_night', 'acdc_rain', 'acdc_snow']
+    for method in ('no_adaptation', 'bn_ema', 'tent'):
+        assert sorted(row['domain'] for row in rows if row['method'] == method) == domains
+        streamed = {row['stream_miou'] for row in rows if row['method'] == method}
+        assert (streamed == {''}) == (method == 'no_adaptation')  # online runs carry the stream's mIoU
+    assert 'stream' in (sweep / 'summary.md').read_text()

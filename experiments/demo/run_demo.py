@@ -6,8 +6,10 @@
 3. evaluate.py: the source model on the source domain and on the target domain (no adaptation)
 4. adapt.py + evaluate.py: target_only (AdaBN), UBNA and UBNA+ on 50 target batches
 5. evaluate.py --online-method: every online method on the target validation stream, from the source model
-6. target mIoU against the number of adaptation batches (plot), and predictions before / after (image)
-Output goes to demo_output/ (datasets, checkpoints, summary.md, miou_vs_batches.png, predictions.png).
+6. the continual protocol: every online method over fog → night → rain → snow (ACDC's layout), 3 rounds
+7. target mIoU against the number of adaptation batches (plot), and predictions before / after (image)
+Output goes to demo_output/ (datasets, checkpoints, summary.md, miou_vs_batches.png, continual.png,
+predictions.png).
 """
 import argparse
 import json
@@ -40,6 +42,8 @@ SOURCE_CHECKPOINT = f'{CLASS}/source/checkpoints/epoch_{{epochs}}'
 # (name, mode, alpha_batch, alpha_layer): the paper's GTA→Cityscapes settings for UBNA and UBNA+
 ADAPTATIONS = (('target_only', 'target_only', 0.0, 0.0), ('ubna', 'batch_shrinking', 0.08, 0.0),
                ('ubna_plus', 'layer_shrinking', 0.08, 0.03))
+STREAM = tuple(f'acdc_{condition}_validation' for condition in ('fog', 'night', 'rain', 'snow'))
+STREAM_ROUNDS = 3
 CURVE_MODES = (('constant momentum 0.1', 'none', 0.0, 0.0), ('target_only (AdaBN)', 'target_only', 0.0, 0.0),
                ('UBNA', 'batch_shrinking', 0.08, 0.0), ('UBNA+', 'layer_shrinking', 0.08, 0.03))
 
@@ -48,9 +52,10 @@ def settings(quick: bool) -> dict:
     """Sizes of the demo; --quick is a smoke test of the same path."""
     if quick:
         return dict(num_source=12, num_target_train=12, num_target_val=6, epochs=1, batches_per_epoch=2,
-                    batch=4, adaptation_batches=3, curve_points=(0, 1, 3), images=2, workers=0)
+                    batch=4, adaptation_batches=3, curve_points=(0, 1, 3), images=2, workers=0, stream_images=2)
     return dict(num_source=400, num_target_train=200, num_target_val=100, epochs=5, batches_per_epoch=90,
-                batch=12, adaptation_batches=50, curve_points=(0, 1, 2, 4, 8, 16, 32, 50), images=4, workers=2)
+                batch=12, adaptation_batches=50, curve_points=(0, 1, 2, 4, 8, 16, 32, 50), images=4, workers=2,
+                stream_images=5)
 
 
 def run(script: str, args: list, dataset_root: str, checkpoint_root: str) -> float:
@@ -98,6 +103,43 @@ def online_table(rows: list) -> list:
 
     table = ['| online method | reset | target mIoU | ms/image adapting | ms/image none |', '|---|---|---|---|---|']
     return table + [f'| {m} | {r} | {v:.3f} | {ms(a)} | {ms(n)} |' for m, r, v, a, n in rows]
+
+
+def continual_rows(checkpoint_root: str, method: str) -> list:
+    """(method, round, [mIoU per domain of the stream], stream mIoU or None) per round of a continual run."""
+    online = json.load(open(os.path.join(checkpoint_root, CLASS, f'continual_{method}', 'results.json')))['online']
+    cells = [cell for cell in online['stream'] if cell['remap'] == 'none']
+    rounds = sorted({cell['round'] for cell in cells})
+    return [(method, r, [cell['miou'] for cell in sorted(cells, key=lambda c: c['position']) if cell['round'] == r],
+             online['stream_miou']['none'] if r == rounds[-1] else None) for r in rounds]
+
+
+def continual_table(rows: list) -> list:
+    """The markdown lines of the continual table: a row per method and round, the stream mIoU on its last."""
+    domains = [name.split('_')[1] for name in STREAM]
+    table = ['| online method | round | ' + ' | '.join(domains) + ' | mean | stream mIoU |',
+             '|---|---|' + '---|' * (len(domains) + 2)]
+    return table + [f'| {m} | {r} | ' + ' | '.join(f'{v:.3f}' for v in values) +
+                    f' | {sum(values) / len(values):.3f} | {"" if whole is None else f"{whole:.3f}"} |'
+                    for m, r, values, whole in rows]
+
+
+def plot_continual(rows: list, path: str) -> None:
+    """mIoU of each method along the stream: round after round, fog → night → rain → snow."""
+    figure, axis = plt.subplots(figsize=(8, 4), dpi=100)
+    for method in dict.fromkeys(m for m, *_ in rows):
+        values = [v for m, _, domain_values, _ in rows if m == method for v in domain_values]
+        axis.plot(range(1, len(values) + 1), values, marker='o', markersize=3, label=method)
+    rounds = sorted({r for _, r, _, _ in rows})
+    ticks = [f'{r}:{name.split("_")[1]}' for r in rounds for name in STREAM]
+    axis.set_xticks(range(1, len(ticks) + 1), ticks, rotation=60, fontsize=7)
+    axis.set_ylabel('mIoU')
+    axis.set_title(f'Continual: {" → ".join(name.split("_")[1] for name in STREAM)}, {len(rounds)} rounds')
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def load_source(s: dict) -> StateManager:
@@ -189,6 +231,8 @@ def main():
     t = time.time()
     make_synthetic(target_root, 64, 128, s['num_source'], s['num_target_train'], s['num_target_val'], seed=0)
     make_synthetic(source_root, 64, 128, 1, 1, s['num_target_val'], seed=1, shifted=False)
+    stream_root = os.path.join(args.out, 'stream_domains')  # the four conditions of a few target images
+    make_synthetic(stream_root, 64, 128, 1, 1, s['stream_images'], seed=2)
     print(f'synthetic data written in {time.time() - t:.1f} s', flush=True)
 
     seconds = run('train.py', common_flags(s) + [
@@ -223,17 +267,28 @@ def main():
                                        '--online-method', method], target_root, checkpoint_root)
         online_rows.append(online_row(checkpoint_root, f'online_{method}'))
 
+    continual = []
+    for method in (name for name in ONLINE_METHODS if name != 'none'):  # each over the stream, 3 rounds, no reset
+        run('evaluate.py', evaluate + ['--model-name', f'continual_{method}', '--model-load', source,
+                                       '--online-method', method, '--segmentation-validation-loaders',
+                                       ','.join(STREAM), '--online-rounds', STREAM_ROUNDS], stream_root,
+            checkpoint_root)
+        continual += continual_rows(checkpoint_root, method)
+    plot_continual(continual, os.path.join(args.out, 'continual.png'))
+
     plot_curves(curve(s), os.path.join(args.out, 'miou_vs_batches.png'))
     predictions_figure(s, os.path.join(args.out, 'predictions.png'))
 
     table = ['| model | evaluated on | mIoU | train / adapt s | evaluate s |', '|---|---|---|---|---|']
     table += [f'| {m} | {d} | {v:.3f} | {a:.0f} | {e:.0f} |' for m, d, v, a, e in rows]
     table += [''] + online_table(online_rows)
+    table += ['', f'Continual: {" → ".join(STREAM)}, {STREAM_ROUNDS} rounds, batch 1', ''] + continual_table(continual)
     summary = '\n'.join(table) + f'\n\ntotal {time.time() - started:.0f} s, {torch.get_num_threads()} threads\n'
     with open(os.path.join(args.out, 'summary.md'), 'w') as file:
         file.write(summary)
     print('\n' + summary)
-    print(f'figures: {os.path.join(args.out, "miou_vs_batches.png")}, {os.path.join(args.out, "predictions.png")}')
+    print('figures: ' + ', '.join(os.path.join(args.out, name)
+                                  for name in ('miou_vs_batches.png', 'continual.png', 'predictions.png')))
 
 
 if __name__ == '__main__':
