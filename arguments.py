@@ -171,6 +171,9 @@ def add_online_adaptation_flags(parser):
     group.add_argument('--online-order', default='sequential', choices=ORDERS,
                        help='sequential: domain after domain; mixed: every round shuffles the batches of all its '
                             'domains into one stream (seeded by --sys-seed), each scored under its own domain')
+    group.add_argument('--online-fisher-loaders', default=None,
+                       help='eata only: validation loaders (comma-separated) whose images, with the model\'s own '
+                            'pseudo-labels, give the Fisher information of its penalty; unset: the first test batch')
     for setting, (kind, help_text) in setting_flags().items():
         group.add_argument(online_flag(setting), type=kind, default=None,
                            help=f"{help_text}; unset: the method's default")
@@ -206,6 +209,16 @@ def _check_online(parser, opt) -> None:
         check_online_settings(opt.online_method, method_reset(opt.online_reset), **online_settings_given(opt))
     except SettingError as error:
         parser.error(f'{online_flag(error.setting)} {error.problem}')
+    if opt.online_fisher_loaders is not None:
+        if opt.online_method != 'eata':
+            parser.error(f'--online-fisher-loaders applies only to --online-method eata, got {opt.online_method}')
+        names = _split(opt.online_fisher_loaders)
+        if not names:
+            parser.error('--online-fisher-loaders names no loader')
+        try:
+            loaders.check_loader_names(names, 'validation')
+        except Exception as error:
+            parser.error(f'--online-fisher-loaders: {error}')
 
 
 def _given_resize(parser, argv) -> list | None:
