@@ -54,7 +54,7 @@ def eata_loss(logits: torch.Tensor, margin: float, redundancy: float, running_me
 class Eta(AffineMethod):
     """Entropy minimisation over reliable, non-redundant pixels, each weighted by exp(E0 − H)."""
     name = 'eta'
-    SETTINGS = {'learning_rate': Setting(2.5e-3, positive, 'SGD learning rate (momentum 0.9)'),
+    SETTINGS = {'learning_rate': Setting(2.5e-4, positive, 'SGD learning rate (momentum 0.9)'),
                 'entropy_margin': Setting(0.4, in_unit_interval, 'E0 as a fraction of ln C: reliable if H < E0'),
                 'redundancy_margin': Setting(0.05, in_unit_interval,
                                              'ε: kept if |cos| to the running mean of kept softmaxes < ε')}

@@ -32,7 +32,7 @@ def without_last_stage(model: torch.nn.Module) -> list:
 class Sar(AffineMethod):
     """Sharpness-aware, reliable entropy minimisation with a reset when the loss's moving average collapses."""
     name = 'sar'
-    SETTINGS = {'learning_rate': Setting(2.5e-3, positive, 'SGD learning rate (momentum 0.9)'),
+    SETTINGS = {'learning_rate': Setting(2.5e-4, positive, 'SGD learning rate (momentum 0.9)'),
                 'rho': Setting(0.05, positive, 'ρ: the radius of the sharpness-aware perturbation'),
                 'entropy_margin': Setting(0.4, in_unit_interval, 'E0 as a fraction of ln C: reliable if H < E0'),
                 'reset_threshold': Setting(0.2, non_negative, 'back to the source when the loss EMA falls below')}
