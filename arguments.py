@@ -160,8 +160,8 @@ def add_online_adaptation_flags(parser):
     group.add_argument('--online-method', default='none', choices=ONLINE_METHODS,
                        help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
                             'inside each BatchNorm layer; ubna_online: UBNA+ one batch at a time; dua: decaying '
-                            'momentum over augmented copies; tent: entropy minimisation on normalisation scale and shift; '
-                            'eta, eata: the same over reliable, non-redundant pixels (eata: a Fisher penalty); sar: '
+                            'momentum over augmented copies; tent: entropy minimisation on normalisation scale and '
+                            'shift; eta, eata: the same over reliable, non-redundant pixels (eata: a Fisher penalty); sar: '
                             'reliable pixels, sharpness-aware, with recovery')
     group.add_argument('--online-reset', default=None, choices=RESETS + STREAM_RESETS,
                        help="episodic: back to the loaded checkpoint's state before every batch; domain: at the "
@@ -174,7 +174,7 @@ def add_online_adaptation_flags(parser):
                        help='sequential: domain after domain; mixed: every round shuffles the batches of all its '
                             'domains into one stream (seeded by --sys-seed), each scored under its own domain')
     group.add_argument('--online-fisher-loaders', default=None,
-                       help='eata only: validation loaders (comma-separated) whose images, with the model\'s own '
+                       help="eata only: validation loaders (comma-separated) whose images, with the model's own "
                             'pseudo-labels, give the Fisher information of its penalty; unset: the first test batch')
     for setting, (kind, help_text) in setting_flags().items():
         group.add_argument(online_flag(setting), type=kind, default=None,

@@ -25,5 +25,5 @@ ONLINE_METHODS = tuple(sorted(METHODS))
 
 __all__ = ['MODES', 'ONLINE_METHODS', 'RESETS', 'SCHEDULES', 'OnlineMethod', 'Schedule', 'Setting', 'SettingError',
            'adapt_batchnorm', 'affine_layers', 'batchnorm_layers', 'build_online_method', 'check_finite_statistics',
-           'check_online_settings', 'default_layers', 'layer_momenta', 'logits_of', 'normalisation_layers', 'online_settings',
-           'prepare_batchnorm', 'register', 'register_schedule', 'set_momenta', 'setting_flags']
+           'check_online_settings', 'default_layers', 'layer_momenta', 'logits_of', 'normalisation_layers',
+           'online_settings', 'prepare_batchnorm', 'register', 'register_schedule', 'set_momenta', 'setting_flags']
