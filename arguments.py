@@ -160,7 +160,9 @@ def add_online_adaptation_flags(parser):
     group.add_argument('--online-method', default='none', choices=ONLINE_METHODS,
                        help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
                             'inside each BatchNorm layer; ubna_online: UBNA+ one batch at a time; dua: decaying '
-                            'momentum over augmented copies; tent: entropy minimisation on BatchNorm scale and shift')
+                            'momentum over augmented copies; tent: entropy minimisation on normalisation scale and '
+                            'shift; eta, eata: the same over reliable, non-redundant pixels (eata: a Fisher penalty); sar: '
+                            'reliable pixels, sharpness-aware, with recovery')
     group.add_argument('--online-reset', default=None, choices=RESETS + STREAM_RESETS,
                        help="episodic: back to the loaded checkpoint's state before every batch; domain: at the "
                             "start of each domain's pass; round: at the start of each round; continual: never; "
@@ -171,6 +173,9 @@ def add_online_adaptation_flags(parser):
     group.add_argument('--online-order', default='sequential', choices=ORDERS,
                        help='sequential: domain after domain; mixed: every round shuffles the batches of all its '
                             'domains into one stream (seeded by --sys-seed), each scored under its own domain')
+    group.add_argument('--online-fisher-loaders', default=None,
+                       help="eata only: validation loaders (comma-separated) whose images, with the model's own "
+                            'pseudo-labels, give the Fisher information of its penalty; unset: the first test batch')
     for setting, (kind, help_text) in setting_flags().items():
         group.add_argument(online_flag(setting), type=kind, default=None,
                            help=f"{help_text}; unset: the method's default")
@@ -206,6 +211,16 @@ def _check_online(parser, opt) -> None:
         check_online_settings(opt.online_method, method_reset(opt.online_reset), **online_settings_given(opt))
     except SettingError as error:
         parser.error(f'{online_flag(error.setting)} {error.problem}')
+    if opt.online_fisher_loaders is not None:
+        if opt.online_method != 'eata':
+            parser.error(f'--online-fisher-loaders applies only to --online-method eata, got {opt.online_method}')
+        names = _split(opt.online_fisher_loaders)
+        if not names:
+            parser.error('--online-fisher-loaders names no loader')
+        try:
+            loaders.check_loader_names(names, 'validation')
+        except Exception as error:
+            parser.error(f'--online-fisher-loaders: {error}')
 
 
 def _given_resize(parser, argv) -> list | None:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Evaluate a checkpoint: mIoU and mean class accuracy on the segmentation validation sets (spec §8); with
 --online-method, adapting online over a stream of those domains, in rounds."""
+import copy
 import os
 
 from arguments import online_settings_given, parse_evaluation_arguments, run_seed
 from dataloader.loaders import StartedLoader
+from dataloader.transforms import to_network_input
 from errors import run_cli
 from evaluation.pictures import save_strips
 from evaluation.scoring import AgainstNone, evaluate_model
@@ -35,7 +37,9 @@ def streamed(opt, runtime) -> tuple[dict, dict, object]:
     plan, loader = stream_from(opt, runtime.device)
     batches = StartedLoader(loader)  # data first: its errors come first, and its workers start now
     model = loaded_model(opt, runtime)
-    online = AgainstNone(opt.online_method, model, method_reset(opt.online_reset), **online_settings_given(opt))
+    with runtime.autocast():  # eata's Fisher passes run as the stream's will
+        online = AgainstNone(opt.online_method, model, method_reset(opt.online_reset), **online_settings_given(opt),
+                             **fisher_batches(opt, runtime))
     print(f'Evaluating {opt.model_load} on {opt.segmentation_validation_loaders}, adapting online with '
           f'{opt.online_method}' + ('' if len(plan.cells) == 1 else f' ({opt.online_rounds} rounds, '
                                                                      f'{opt.online_order} order)'), flush=True)
@@ -52,6 +56,16 @@ def streamed(opt, runtime) -> tuple[dict, dict, object]:
     results['online'] = {**report, 'rounds': opt.online_rounds, 'order': opt.online_order, **stream_results(scores)}
     print(stream_table(scores))
     return results, scores.strips, scores
+
+
+def fisher_batches(opt, runtime) -> dict:
+    """{'fisher_batches': network inputs of every image of --online-fisher-loaders} if given, else {}."""
+    if opt.online_fisher_loaders is None:
+        return {}
+    options = copy.copy(opt)
+    options.segmentation_validation_loaders = opt.online_fisher_loaders
+    return {'fisher_batches': (to_network_input(batch['input'], runtime.device, runtime.memory_format)
+                               for _, loader in validation_loaders_from(options, runtime.device) for batch in loader)}
 
 
 def _tabled(opt, scores) -> dict:

@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 
 from models.adaptation.base import RESETS, OnlineMethod, Setting, SettingError, logits_of
-from models.adaptation.layers import batchnorm_layers, check_finite_statistics, default_layers, set_momenta
+from models.adaptation.layers import (affine_layers, batchnorm_layers, check_finite_statistics, default_layers,
+                                      normalisation_layers, set_momenta)
 from models.adaptation.offline import (MODES, SCHEDULES, Schedule, adapt_batchnorm, layer_momenta, prepare_batchnorm,
                                       register_schedule)
 from models.adaptation.registry import (METHODS, build_online_method, check_online_settings, online_settings,
@@ -23,6 +24,6 @@ for _module in pkgutil.iter_modules(__path__):  # every method's file registers 
 ONLINE_METHODS = tuple(sorted(METHODS))
 
 __all__ = ['MODES', 'ONLINE_METHODS', 'RESETS', 'SCHEDULES', 'OnlineMethod', 'Schedule', 'Setting', 'SettingError',
-           'adapt_batchnorm', 'batchnorm_layers', 'build_online_method', 'check_finite_statistics',
-           'check_online_settings', 'default_layers', 'layer_momenta', 'logits_of', 'online_settings',
-           'prepare_batchnorm', 'register', 'register_schedule', 'set_momenta', 'setting_flags']
+           'adapt_batchnorm', 'affine_layers', 'batchnorm_layers', 'build_online_method', 'check_finite_statistics',
+           'check_online_settings', 'default_layers', 'layer_momenta', 'logits_of', 'normalisation_layers',
+           'online_settings', 'prepare_batchnorm', 'register', 'register_schedule', 'set_momenta', 'setting_flags']

@@ -66,13 +66,15 @@ class OnlineMethod:
     name = ''
     SETTINGS: dict = {}  # setting name -> Setting
     DEFAULT_RESET = 'continual'
+    layers_of = staticmethod(default_layers)  # the layers adapted when none are given
 
     def __init__(self, model: torch.nn.Module, layers: list | None = None, reset: str | None = None, **settings):
         self.settings = self.resolve(reset, settings)
         self.model = model
-        self.layers = default_layers(model) if layers is None else list(layers)
+        self.layers = self.layers_of(model) if layers is None else list(layers)
         if not {id(layer) for _, layer in self.layers} <= {id(module) for module in model.modules()}:
-            raise ValueError('layers must be (name, BatchNorm) pairs of the model itself, e.g. batchnorm_layers(model)')
+            raise ValueError('layers must be (name, normalisation layer) pairs of the model itself, e.g. '
+                             'batchnorm_layers(model)')
         self.source_state = layer_state(self.layers)
         self.batches_seen = self.images_seen = 0  # since the last reset: k of the momentum schedules
         self.calls, self.timed_seconds, self.timed_images = 0, 0.0, 0

@@ -1,7 +1,8 @@
 """Finding the layers that a method adapts, putting them into a mode for one pass, and restoring them.
 
 A network tells the adaptation about itself through these optional members (models/ubna.py has all of them);
-without them every BatchNorm layer is adapted, by the full forward pass, and every logit channel is a class:
+without them every BatchNorm layer is adapted (every affine normalisation layer by the affine methods: tent, eta,
+eata, sar), by the full forward pass, and every logit channel is a class:
     adaptable_layers() -> [(name, layer)]   the normalisation layers that adaptation may change, in adaptation order
     adaptable_layers_description: str       those layers in words, for messages ('encoder BatchNorm')
     statistics_pass(images)                 the cheapest forward pass that feeds every adaptable layer
@@ -12,6 +13,8 @@ import contextlib
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+NORMALISATION = (_BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
 from errors import UserError
 
 
@@ -19,6 +22,28 @@ def batchnorm_layers(model: torch.nn.Module, prefix: str | None = None) -> list:
     """(name, layer) of every BatchNorm layer in `named_modules()` order, those whose name starts with `prefix` only."""
     return [(name, module) for name, module in model.named_modules()
             if isinstance(module, _BatchNorm) and (prefix is None or name.startswith(prefix))]
+
+
+def normalisation_layers(model: torch.nn.Module, prefix: str | None = None) -> list:
+    """(name, layer) of every BatchNorm, GroupNorm and LayerNorm layer in `named_modules()` order, those whose name
+    starts with `prefix` only."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, NORMALISATION) and (prefix is None or name.startswith(prefix))]
+
+
+def affine_layers(model: torch.nn.Module) -> list:
+    """The layers the network offers for adaptation (adaptable_layers), else every normalisation layer with affine
+    parameters: those the affine methods change."""
+    offered = getattr(model, 'adaptable_layers', None)
+    if offered is not None:
+        return offered()
+    return [(name, layer) for name, layer in normalisation_layers(model)
+            if layer.weight is not None or layer.bias is not None]
+
+
+def batchnorm_only(layers: list) -> list:
+    """The (name, BatchNorm) pairs among (name, normalisation layer) pairs: the ones with running statistics."""
+    return [(name, layer) for name, layer in layers if isinstance(layer, _BatchNorm)]
 
 
 def default_layers(model: torch.nn.Module) -> list:
