@@ -119,7 +119,7 @@ def assert_statistics(model, expected: dict) -> None:
 
 def test_the_registry_names_every_method_of_the_issue():
     assert set(ONLINE_METHODS) == {'none', 'test_batch', 'cbna', 'bn_ema', 'ubna_online', 'dua', 'tent', 'eta',
-                                   'eata', 'sar'}
+                                   'eata', 'sar', 'cotta', 'rotta'}
 
 
 def test_batchnorm_layers_follow_named_modules_and_filter_by_prefix(ubna_network):
@@ -317,8 +317,8 @@ def test_every_call_is_timed_after_the_first():
 
 
 @pytest.mark.parametrize('name, settings, setting, problem', [
-    ('nope', {}, 'method', "must be one of bn_ema, cbna, dua, eata, eta, none, sar, tent, test_batch, ubna_online, "
-             "got 'nope'"),
+    ('nope', {}, 'method', "must be one of bn_ema, cbna, cotta, dua, eata, eta, none, rotta, sar, tent, test_batch, "
+             "ubna_online, got 'nope'"),
     ('cbna', {'learning_rate': 1e-3}, 'learning_rate', 'is not a setting of cbna (its settings: momentum)'),
     ('cbna', {'momentum': 0.0}, 'momentum', 'must be in (0, 1], got 0.0'),
     ('bn_ema', {'momentum': 1.5}, 'momentum', 'must be in (0, 1], got 1.5'),
