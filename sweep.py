@@ -4,7 +4,7 @@ jobs' own code; runs.csv, summary.md (mean ± std over seeds) and plots in $UBNA
 from errors import run_cli
 from experiment.runtime import exit_process
 from sweeps.options import parse_sweep_arguments
-from sweeps.runner import run_sweep
+from sweeps.launchers import run_sweep
 
 
 def main(argv=None) -> str:

@@ -2,6 +2,7 @@
 single-valued twins; checked once, before any work."""
 import argparse
 import math
+import re
 
 from arguments import (DEFAULT_SEED, MAX_ADAPTATION_BATCHES, MAX_SEED, add_adaptation_flags, add_model_flags,
                        add_online_adaptation_flags, add_segmentation_validation_flags, add_system_flags,
@@ -43,6 +44,78 @@ def _add_sweep(parser):
     group.add_argument('--alpha-batch', help='[--adaptation-alpha-batch] used by UBNA and UBNA+')
     group.add_argument('--alpha-layer', help='[--adaptation-alpha-layer] used by UBNA+')
     group.add_argument('--seeds', help='[--sys-seed] every run is repeated with each seed')
+
+
+LAUNCHERS = ('serial', 'local', 'slurm')
+SLURM_CLUSTERS = ('slurm', 'local', 'debug')  # submitit's: a cluster, its local processes, this process
+SLURM_TIME = re.compile(r'(?:(?P<days>\d+)-(?P<d_hours>\d+)(?::(?P<d_minutes>\d+)(?::(?P<d_seconds>\d+))?)?'
+                        r'|(?P<hours>\d+):(?P<h_minutes>\d+):(?P<h_seconds>\d+)'
+                        r'|(?P<m_minutes>\d+)(?::(?P<m_seconds>\d+))?)')
+SLURM_FLAGS = ('--slurm-partition', '--slurm-time', '--slurm-gpus-per-task', '--slurm-cpus-per-task', '--slurm-mem',
+               '--slurm-array-parallelism', '--slurm-extra', '--slurm-cluster')
+
+
+def _add_launcher(parser):
+    group = parser.add_argument_group('launcher', 'where the tasks run (a task: one method and seed over all its '
+                                                   'N); docs/sweeps.md, "Launchers"')
+    group.add_argument('--launcher', choices=LAUNCHERS, default='serial',
+                       help='serial: one after another in this process; local: --jobs worker processes here (one '
+                            'GPU each); slurm: one Slurm job array through submitit')
+    group.add_argument('--jobs', type=int, help='[local] worker processes (default: the GPU count; 1 on a CPU)')
+    group.add_argument('--report', action='store_true', help='only write summary.md and the plots from runs.csv')
+    group.add_argument('--slurm-partition', help='[slurm] the partition')
+    group.add_argument('--slurm-time', help='[slurm] time limit per task: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM '
+                                            'or D-HH:MM:SS')
+    group.add_argument('--slurm-gpus-per-task', type=int, help='[slurm] GPUs per task')
+    group.add_argument('--slurm-cpus-per-task', type=int, help='[slurm] CPU cores per task (its torch threads)')
+    group.add_argument('--slurm-mem', help='[slurm] memory per task, as sbatch --mem takes it (e.g. 32G)')
+    group.add_argument('--slurm-array-parallelism', type=int, help='[slurm] most tasks running at once')
+    group.add_argument('--slurm-extra', action='append', metavar='KEY=VALUE',
+                       help='[slurm] any other sbatch option (repeatable), e.g. account=abc')
+    group.add_argument('--slurm-cluster', choices=SLURM_CLUSTERS,
+                       help="[slurm] submitit's AutoExecutor cluster (default slurm; local and debug need no cluster)")
+
+
+def slurm_minutes(text: str) -> int | None:
+    """A Slurm time as whole minutes (seconds round up); None when it is not in a format Slurm takes."""
+    match = SLURM_TIME.fullmatch(text.strip())
+    if match is None:
+        return None
+    part = {key: int(value) for key, value in match.groupdict().items() if value is not None}
+    days, hours = part.get('days', 0), part.get('d_hours', part.get('hours', 0))
+    minutes = part.get('d_minutes', part.get('h_minutes', part.get('m_minutes', 0)))
+    seconds = part.get('d_seconds', part.get('h_seconds', part.get('m_seconds', 0)))
+    return -(-(((days * 24 + hours) * 60 + minutes) * 60 + seconds) // 60)
+
+
+def _check_launcher(parser, opt) -> None:
+    """The launcher's flags: each for its launcher only, and in range; submitit present for --launcher slurm."""
+    if opt.jobs is not None and opt.launcher != 'local':
+        parser.error('--jobs applies to --launcher local only')
+    if opt.jobs is not None and opt.jobs < 1:
+        parser.error(f'--jobs must be at least 1, got {opt.jobs}')
+    given = [flag for flag in SLURM_FLAGS if getattr(opt, _dest(flag)) is not None]
+    if given and opt.launcher != 'slurm':
+        parser.error(f'{given[0]} applies to --launcher slurm only')
+    if opt.launcher != 'slurm':
+        return
+    opt.slurm_cluster = opt.slurm_cluster or 'slurm'
+    if opt.slurm_time is not None and not slurm_minutes(opt.slurm_time):
+        parser.error(f'--slurm-time {opt.slurm_time!r} is not a Slurm time: give minutes, MM:SS, HH:MM:SS, D-HH, '
+                     f'D-HH:MM or D-HH:MM:SS (at least a minute)')
+    for flag, least in (('--slurm-gpus-per-task', 0), ('--slurm-cpus-per-task', 1), ('--slurm-array-parallelism', 1)):
+        value = getattr(opt, _dest(flag))
+        if value is not None and value < least:
+            parser.error(f'{flag} must be at least {least}, got {value}')
+    for item in opt.slurm_extra or ():
+        if not re.fullmatch(r'[a-z][a-z0-9_-]*=.+', item):
+            parser.error(f'--slurm-extra {item!r} is not KEY=VALUE (an sbatch option without its dashes, e.g. '
+                         f'account=abc)')
+    try:
+        import submitit  # noqa: F401  (only here: an optional dependency)
+    except ImportError:
+        parser.error('--launcher slurm needs submitit, which is not installed; install it with '
+                     '`pip install submitit`')
 
 
 def _dest(flag: str) -> str:
@@ -107,7 +180,7 @@ def _sweep_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = build_parser('sweep', 'Adapt and evaluate over the cross product of methods, settings and seeds; '
                                    'tabulate the mean and standard deviation over the seeds.',
                           (add_system_flags, add_model_flags, add_segmentation_validation_flags, add_training_flags,
-                           add_adaptation_flags, add_online_adaptation_flags, _add_sweep))
+                           add_adaptation_flags, add_online_adaptation_flags, _add_sweep, _add_launcher))
     twins = {_dest(twin): parser.get_default(_dest(twin)) for twin, _, _ in _SWEEP_LISTS.values()}
     parser.set_defaults(model_name='sweep', online_method=None, **dict.fromkeys(twins))
     return parser, twins
@@ -124,6 +197,7 @@ def parse_sweep_arguments(argv=None) -> argparse.Namespace:
     opt = parser.parse_args(argv)
     _resolve_sweep_lists(parser, opt, twins)
     _check_sweep_online(parser, opt)
+    _check_launcher(parser, opt)
     check_options(parser, opt, 'sweep')
     check_stream(parser, opt, argv, any(method in ONLINE for method in opt.methods),
                  'applies to none of the methods in --methods (no online method)')

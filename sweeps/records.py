@@ -1,6 +1,7 @@
 """What a sweep keeps in its folder: sweep.json (the command that made it) and runs.csv (one row per run and
 validation domain/remap), so that a rerun skips what is done and never mixes in runs of other settings."""
 import csv
+import fcntl
 import io
 import json
 import math
@@ -16,7 +17,10 @@ from sweeps.grid import SETTINGS, Run
 COMMAND_FILE = 'sweep.json'
 RUNS_FILE = 'runs.csv'
 LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')  # may change between reruns
-FREE_OPTIONS = ('sys_num_workers',)  # may change too: the main process draws adaptation's randomness, no number moves
+# may change too: the main process draws adaptation's randomness, and a task seeds itself, so no number moves
+FREE_OPTIONS = ('sys_num_workers', 'launcher', 'jobs', 'report', 'slurm_partition', 'slurm_time',
+                'slurm_gpus_per_task', 'slurm_cpus_per_task', 'slurm_mem', 'slurm_array_parallelism', 'slurm_extra',
+                'slurm_cluster')
 UNRECORDED_VALUES = {'adaptation_pixel_work': 'workers'}  # what runs did before an option existed, if not its default
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 OLD_COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
@@ -85,11 +89,16 @@ def row_key(row: dict) -> tuple:
 
 
 class RunsTable:
-    """runs.csv in memory; each finished run rewrites the file whole (atomically), so a kill leaves no half row."""
+    """runs.csv in memory; each finished run rewrites the file whole (atomically), so a kill leaves no half row, and
+    under an flock of runs.csv.lock after reading it again, so that tasks running at once keep each other's rows."""
 
     def __init__(self, path: str, rows_per_run: int):
         self.path = path
         self.rows_per_run = rows_per_run
+        self.rows = self._read()
+
+    def reload(self) -> None:
+        """Read runs.csv again (other processes may have added runs)."""
         self.rows = self._read()
 
     def _read(self) -> list[dict]:
@@ -107,10 +116,11 @@ class RunsTable:
 
     def add(self, run: Run, rows: list[dict]) -> None:
         """Replace the rows of `run` (a partial set from an edited file) by `rows` and rewrite runs.csv."""
-        self.rows = [row for row in self.rows if row_key(row) != run.key] + rows
-
-        text = io.StringIO(newline='')
-        writer = csv.DictWriter(text, COLUMNS, restval='')
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, text.getvalue())
+        with open(self.path + '.lock', 'a') as lock:  # the folder's .lock is the sweep's, held by its main process
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = [row for row in self._read() if row_key(row) != run.key] + rows
+            text = io.StringIO(newline='')
+            writer = csv.DictWriter(text, COLUMNS, restval='')
+            writer.writeheader()
+            writer.writerows(self.rows)
+            write_text(self.path, text.getvalue())

@@ -1,6 +1,6 @@
-"""Running a sweep with the jobs' own code: the validation images are decoded once (and the online methods' stream
-once), the adaptation batches once per seed, and each method adapts once to its largest number of batches, evaluated
-at every smaller one on the way."""
+"""Running a sweep's tasks with the jobs' own code: in each process the validation images are decoded once (and the
+online methods' stream once), the adaptation batches once per seed, and each task (a method and seed) adapts once to
+its largest number of batches, evaluated at every smaller one on the way."""
 import os
 import time
 
@@ -13,13 +13,12 @@ from dataloader.stream import StreamPlan, batches_loader, stream_dataset
 from evaluation.scoring import evaluate_model
 from evaluation.stream import method_reset, score_stream
 from evaluation.tables import results_dict
-from experiment.runtime import seed_everything, teardown_runtime
-from jobs import loaded_model, open_job, validation_loaders_from
+from experiment.runtime import seed_everything, setup_runtime
+from jobs import loaded_model, validation_loaders_from
 from models.adaptation import adapt_batchnorm, build_online_method, check_finite_statistics
 from models.ubna import build_model
-from sweeps import records, report
-from sweeps.grid import NO_ADAPTATION, ONLINE, Run, chains, sweep_runs
-from sweeps.options import sweep_defaults
+from sweeps import records
+from sweeps.grid import NO_ADAPTATION, ONLINE, Run
 
 VALIDATION_KEYS = ('input', 'label', 'domain')  # what evaluate_model reads of a batch
 
@@ -157,33 +156,44 @@ class Sweep:
         return seconds
 
 
-def run_sweep(opt) -> str:
-    """Run the runs of `opt` that runs.csv does not hold yet, then write summary.md and the plots; returns the
-    sweep folder."""
-    # seeded with the first seed here, then with each run's seed where its batches start
-    runtime, folder = open_job(opt, opt.seeds[0])
-    rows_per_run = (len(set(opt.segmentation_validation_loaders.split(',')))  # a repeated loader is one domain
-                    * len(opt.segmentation_eval_remaps.split(',')))
-    table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run)
-    command = records.claim_folder(folder, vars(opt), sweep_defaults(), on_gpu=runtime.device.type == 'cuda',
-                                   record=False)
-    runs = sweep_runs(opt.methods, opt.num_batches, opt.alpha_batch, opt.alpha_layer, opt.seeds)
-    finished = table.finished()
-    pending = [run for run in runs if run.key not in finished]
-    print(f'sweep of {len(runs)} runs in {folder}: {len(runs) - len(pending)} done before, {len(pending)} to run',
-          flush=True)
-    if pending:
-        with tqdm(total=len(pending), desc='sweep', unit='run') as progress:
-            sweep = Sweep(opt, runtime, pending, table, progress)
-            records.record_command(folder, command)  # data and model have loaded: the folder's first output
-            for chain in chains(pending):
-                sweep.run_chain(chain)
-    else:
-        records.record_command(folder, command)
-    summary = report.write_summary(folder, table.rows, f'Sweep {opt.experiment_class}/{opt.model_name}: '
-                                   f'{opt.model_load} on {opt.segmentation_validation_loaders}')
-    plots = report.write_plots(folder, table.rows)
-    print(summary)
-    print('files: ' + ', '.join([table.path, os.path.join(folder, report.SUMMARY_FILE), *plots]))
-    teardown_runtime(runtime)
-    return folder
+class TaskLines:
+    """A worker's stand-in for the progress bar: it keeps the lines of the runs of the current task."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+
+_worker = None  # (key, Sweep) of this worker process: the data and model it decoded, for its next tasks
+
+
+def run_task(opt, folder: str, command: dict, pending: list[Run], task: list[Run]) -> list[str]:
+    """A task (one chain of grid.chains) in a worker process, whose first task loads the model and decodes the data
+    for all `pending` runs and records sweep.json; returns the lines of its runs. Each task seeds itself, so its
+    numbers do not depend on the tasks before it."""
+    global _worker
+    key = (folder, tuple(pending))
+    if _worker is None or _worker[0] != key:
+        _worker = None  # free the previous sweep's data first
+        runtime = setup_runtime(opt.sys_cpu, opt.seeds[0], opt.sys_precision, opt.sys_memory_format)
+        table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), rows_per_run(opt))
+        _worker = key, Sweep(opt, runtime, pending, table, TaskLines())
+        records.record_command(folder, command)  # data and model have loaded: the folder's first output
+    sweep = _worker[1]
+    sweep.progress.lines = []
+    sweep.run_chain(task)
+    return sweep.progress.lines
+
+
+def rows_per_run(opt) -> int:
+    """The rows of a run in runs.csv: one per validation domain and remap."""
+    return (len(set(opt.segmentation_validation_loaders.split(',')))  # a repeated loader is one domain
+            * len(opt.segmentation_eval_remaps.split(',')))
