@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
     --model-type vgg \
     --model-num-layers-vgg 16 \
     --model-load ubna_pretrained_models/ubna_pretrained_seg_cs_vgg16/checkpoints/epoch_20 \
-    --methods no_adaptation,test_batch,cbna,bn_ema,ubna_online,dua,tent \
+    --methods no_adaptation,test_batch,cbna,bn_ema,ubna_online,dua,tent,eta,eata,sar,cotta,rotta \
     --segmentation-validation-loaders acdc_fog_validation,acdc_night_validation,acdc_rain_validation,acdc_snow_validation \
     --segmentation-validation-resize-height 544 \
     --segmentation-validation-resize-width 960 \
