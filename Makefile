@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(PY) experiments/demo/run_demo.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile  # two test processes; a file's tests share one (module fixtures)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" -n 2  # two test processes: one per core of the 2-core machines
