@@ -8,6 +8,8 @@ import torch
 
 from data_download.make_synthetic import make_synthetic
 from data_download.tiny_datasets import write_named_loader_datasets
+from experiment.folder import experiment_dir
+from state_manager import StateManager
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,3 +64,17 @@ def no_network(monkeypatch):
     def refuse(url, *args, **kwargs):
         raise urllib.error.URLError(f'no network in tests ({url})')
     monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
+
+
+@pytest.fixture(scope='module')
+def untrained_roots(tmp_path_factory):
+    """The tiny named-loader datasets and an untrained, seeded ResNet-18 saved as tiny/source/checkpoints/epoch_0,
+    with the jobs' folder variables set for the module; yields the checkpoint root."""
+    data, checkpoints = tmp_path_factory.mktemp('datasets'), tmp_path_factory.mktemp('checkpoints')
+    write_named_loader_datasets(str(data))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('UBNA_DIR_DATASET', str(data))
+        patch.setenv('UBNA_DIR_CHECKPOINT', str(checkpoints))
+        torch.manual_seed(0)
+        StateManager('resnet', 18, 'scratch').save(experiment_dir('tiny', 'source'), 'epoch_0')
+        yield str(checkpoints)

@@ -8,6 +8,7 @@ import sys
 import cv2
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils.data import Dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,3 +82,31 @@ class WorkerSetup(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {'nice': torch.tensor(os.nice(0)), 'cv2_threads': torch.tensor(cv2.getNumThreads()),
                 'strategy': torch.multiprocessing.get_sharing_strategy()}
+
+
+class SmallNet(nn.Module):
+    """conv-BN-ReLU twice and a 1×1 conv to 5 classes: a BatchNorm network that is not a UBNA network."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def with_source_statistics(model: nn.Module, seed: int | None = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, as a trained network has (drawn after seeding with
+    `seed`; None: from the generator as it stands); the model in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model.eval()

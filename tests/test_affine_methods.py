@@ -11,12 +11,9 @@ import torch.nn.functional as F
 
 import evaluate
 from arguments import parse_evaluation_arguments
-from data_download.tiny_datasets import write_named_loader_datasets
-from experiment.folder import experiment_dir
 from models.adaptation import build_online_method
 from models.adaptation.eata import eata_loss
 from models.adaptation.tent import pixel_entropies
-from state_manager import StateManager
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
@@ -239,31 +236,19 @@ def test_bad_affine_flags_get_one_sentence_naming_the_flag(capsys, flags, messag
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f'evaluate.py: error: {message}')
 
 
-SOURCE = 'affine/source/checkpoints/epoch_0'
+SOURCE = 'tiny/source/checkpoints/epoch_0'
 JOB = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
-       '--experiment-class', 'affine', '--model-load', SOURCE, '--segmentation-eval-num-images', '0',
+       '--experiment-class', 'tiny', '--model-load', SOURCE, '--segmentation-eval-num-images', '0',
        '--segmentation-validation-resize-height', '64', '--segmentation-validation-resize-width', '128']
 STREAM = ['--segmentation-validation-loaders', 'cityscapes_validation,kitti_2015_train', '--online-rounds', '2']
 
-
-@pytest.fixture(scope='module')
-def roots(tmp_path_factory):
-    """The tiny named-loader datasets and an untrained ResNet-18 checkpoint, as the jobs' variables."""
-    data, checkpoints = tmp_path_factory.mktemp('datasets'), tmp_path_factory.mktemp('checkpoints')
-    write_named_loader_datasets(str(data))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('UBNA_DIR_DATASET', str(data))
-        patch.setenv('UBNA_DIR_CHECKPOINT', str(checkpoints))
-        torch.manual_seed(0)
-        StateManager('resnet', 18, 'scratch').save(experiment_dir('affine', 'source'), 'epoch_0')
-        yield str(checkpoints)
 
 
 @pytest.mark.parametrize('name, flags', [
     ('eata', ['--online-fisher-loaders', 'kitti_2015_train']),
     pytest.param('sar', [], marks=pytest.mark.slow), pytest.param('eta', [], marks=pytest.mark.slow),
     pytest.param('tent', [], marks=pytest.mark.slow)])
-def test_evaluate_adapts_with_each_affine_method_on_one_domain(roots, capsys, name, flags):
+def test_evaluate_adapts_with_each_affine_method_on_one_domain(untrained_roots, capsys, name, flags):
     results = evaluate.main(JOB + ['--model-name', f'{name}_one', '--online-method', name, *flags])
     assert results['online']['method'] == name and math.isfinite(results['online']['ms_per_image_adapting'])
     assert 0 <= results['domains']['cityscapes']['none']['miou'] <= 1
@@ -272,7 +257,7 @@ def test_evaluate_adapts_with_each_affine_method_on_one_domain(roots, capsys, na
 
 @pytest.mark.slow  # four streamed evaluate.py runs
 @pytest.mark.parametrize('name', AFFINE)
-def test_evaluate_streams_two_domains_in_two_rounds_with_each_affine_method(roots, name):
+def test_evaluate_streams_two_domains_in_two_rounds_with_each_affine_method(untrained_roots, name):
     results = evaluate.main(JOB + STREAM + ['--model-name', f'{name}_stream', '--online-method', name])
     assert [(e['round'], e['domain']) for e in results['online']['stream'] if e['remap'] == 'none'] == [
         (1, 'cityscapes_validation'), (1, 'kitti_2015_train'), (2, 'cityscapes_validation'),

@@ -13,36 +13,12 @@ from models.adaptation import (ONLINE_METHODS, SettingError, adapt_batchnorm, ba
                                check_online_settings, default_layers, layer_momenta)
 from models.adaptation.dua import augmented_copies, within_frame
 from models.ubna import build_model, encoder_batchnorm_layers
-from tests.support import REPO
+from tests.support import REPO, SmallNet, with_source_statistics
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
 BATCHES = [torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(k)) * (1 + k) + k for k in range(3)]
 
-
-class SmallNet(nn.Module):
-    """conv-BN-ReLU twice and a 1×1 conv to 5 classes: a BatchNorm network that is not a UBNA network."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Conv2d(8, 5, 1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def with_source_statistics(model):
-    """Non-trivial running statistics and affine parameters, as a trained network has."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for _, layer in batchnorm_layers(model):
-            layer.running_mean.uniform_(-1, 1)
-            layer.running_var.uniform_(0.5, 2)
-            layer.weight.uniform_(0.5, 1.5)
-            layer.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def small_net():

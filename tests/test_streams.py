@@ -12,7 +12,6 @@ import torch.nn as nn
 import evaluate
 import sweep
 from arguments import parse_evaluation_arguments
-from data_download.tiny_datasets import write_named_loader_datasets
 from dataloader.loaders import validation_loaders
 from dataloader.stream import Cell, StreamPlan, stream_loader, stream_size
 from dataloader.transforms import to_network_input
@@ -20,7 +19,7 @@ from evaluation.scoring import evaluate_model
 from evaluation.stream import score_stream
 from evaluation.stream_report import stream_results, stream_table
 from evaluation.tables import results_dict
-from experiment.folder import experiment_dir, write_json
+from experiment.folder import write_json
 from experiment.runtime import Runtime
 from models.adaptation import build_online_method
 from state_manager import StateManager
@@ -32,9 +31,9 @@ pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py
 CS, KITTI = 'cityscapes_validation', 'kitti_2015_train'  # 4 images each in the tiny datasets
 SIZE = (64, 128)
 RUNTIME = Runtime(torch.device('cpu'))
-SOURCE = 'streams/source/checkpoints/epoch_0'
+SOURCE = 'tiny/source/checkpoints/epoch_0'
 JOB = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
-       '--experiment-class', 'streams', '--model-load', SOURCE, '--segmentation-eval-num-images', '0']
+       '--experiment-class', 'tiny', '--model-load', SOURCE, '--segmentation-eval-num-images', '0']
 RESIZE = ['--segmentation-validation-resize-height', '64', '--segmentation-validation-resize-width', '128']
 
 
@@ -56,18 +55,6 @@ class TinyNet(nn.Module):
         return self.head(self.bn(self.conv(x)))
 
 
-@pytest.fixture(scope='module')
-def roots(tmp_path_factory):
-    """The tiny named-loader datasets and a checkpoint root with an untrained ResNet-18, as the jobs' variables."""
-    data, checkpoints = tmp_path_factory.mktemp('datasets'), tmp_path_factory.mktemp('checkpoints')
-    write_named_loader_datasets(str(data))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('UBNA_DIR_DATASET', str(data))
-        patch.setenv('UBNA_DIR_CHECKPOINT', str(checkpoints))
-        torch.manual_seed(0)
-        StateManager('resnet', 18, 'scratch').save(experiment_dir('streams', 'source'), 'epoch_0')
-        yield str(checkpoints)
-
 
 def decoded(names, rounds=1, order='sequential', seed=None, batch_size=1):
     """The plan of a stream at SIZE and its batches, decoded in stream order."""
@@ -83,7 +70,7 @@ def matrices(scores) -> list:
     return [cell['none'].matrix for cell in scores.cells]
 
 
-def test_none_over_a_stream_equals_plain_evaluation_per_domain(roots):
+def test_none_over_a_stream_equals_plain_evaluation_per_domain(untrained_roots):
     plan, batches = decoded([CS, KITTI, CS], rounds=2)
     scores = scored(plan, batches)
     for cell, matrix in zip(plan.cells, matrices(scores)):
@@ -93,7 +80,7 @@ def test_none_over_a_stream_equals_plain_evaluation_per_domain(roots):
     assert scores.domains == ['cityscapes', 'kitti_2015', 'cityscapes'] * 2 and scores.images == [4] * 6
 
 
-def test_bn_ema_equals_its_closed_form_carried_across_domains_and_rounds(roots):
+def test_bn_ema_equals_its_closed_form_carried_across_domains_and_rounds(untrained_roots):
     plan, batches = decoded([CS, KITTI], rounds=2, batch_size=2)
     model = TinyNet()
     mean, variance = model.bn.running_mean.double().clone(), model.bn.running_var.double().clone()
@@ -123,7 +110,7 @@ class Seen:
 
 @pytest.mark.parametrize('reset, seen', [('domain', [0, 1, 0, 1, 0, 1, 0, 1]), ('round', [0, 1, 2, 3, 0, 1, 2, 3]),
                                          (None, list(range(8))), ('episodic', [0] + [1] * 7)])
-def test_domain_and_round_resets_restart_where_they_should(roots, reset, seen):
+def test_domain_and_round_resets_restart_where_they_should(untrained_roots, reset, seen):
     plan, batches = decoded([CS, KITTI], rounds=2, batch_size=2)
     model = TinyNet()
     online = Seen(build_online_method('bn_ema', model, reset='episodic' if reset == 'episodic' else 'continual'))
@@ -131,7 +118,7 @@ def test_domain_and_round_resets_restart_where_they_should(roots, reset, seen):
     assert online.seen == seen
 
 
-def test_a_reset_restarts_the_method_from_its_source_state(roots):
+def test_a_reset_restarts_the_method_from_its_source_state(untrained_roots):
     plan, batches = decoded([CS, KITTI, CS], rounds=2)
 
     def cells(reset):
@@ -160,7 +147,7 @@ def test_a_mixed_plan_is_seeded_and_holds_each_rounds_batches_once_each_of_one_d
         assert all(start <= i < start + {CS: 5, KITTI: 3}[mixed.cells[index].name] for i in indices)
 
 
-def test_a_mixed_stream_scores_each_sample_under_its_own_domain(roots):
+def test_a_mixed_stream_scores_each_sample_under_its_own_domain(untrained_roots):
     sequential = scored(*decoded([CS, KITTI], rounds=2))
     plan, batches = decoded([CS, KITTI], rounds=2, order='mixed', seed=3)
     assert [batch['domain'][0] for batch in batches] != [batch['domain'][0] for batch in decoded([CS, KITTI])[1] * 2]
@@ -171,7 +158,7 @@ def test_a_mixed_stream_scores_each_sample_under_its_own_domain(roots):
         [b['domain'] for b in batches]
 
 
-def test_stream_results_and_table_hold_every_cell_and_the_whole_stream(roots):
+def test_stream_results_and_table_hold_every_cell_and_the_whole_stream(untrained_roots):
     plan, batches = decoded([CS, KITTI, CS], rounds=2)
     scores = scored(plan, batches)
     results = stream_results(scores)
@@ -195,12 +182,12 @@ def whole_miou(scores) -> float:
 
 
 @pytest.mark.slow  # evaluate.main over a stream: a few seconds
-def test_evaluate_writes_the_stream_to_results_json_the_table_and_the_plot(roots, capsys):
+def test_evaluate_writes_the_stream_to_results_json_the_table_and_the_plot(untrained_roots, capsys):
     results = evaluate.main(JOB + RESIZE + ['--model-name', 'stream', '--segmentation-validation-loaders',
                                             f'{CS},{KITTI}', '--online-method', 'bn_ema', '--online-rounds', '2',
                                             '--online-reset', 'round', '--sys-seed', '1'])
     out = capsys.readouterr().out
-    folder = os.path.join(roots, 'streams', 'stream')
+    folder = os.path.join(untrained_roots, 'tiny', 'stream')
     assert json.load(open(os.path.join(folder, 'results.json'))) == results
     online = results['online']
     assert online['settings'] == {'momentum': 0.2, 'reset': 'round'} and online['rounds'] == 2
@@ -214,22 +201,22 @@ def test_evaluate_writes_the_stream_to_results_json_the_table_and_the_plot(roots
     assert json.load(open(os.path.join(folder, 'opt.json')))['online_stream_resize'] == [64, 128]
 
 
-def test_plain_evaluation_writes_the_same_results_and_options_as_before(roots):
+def test_plain_evaluation_writes_the_same_results_and_options_as_before(untrained_roots):
     argv = JOB + RESIZE + ['--model-name', 'plain']
     evaluate.main(argv)
-    folder = os.path.join(roots, 'streams', 'plain')
+    folder = os.path.join(untrained_roots, 'tiny', 'plain')
     opt = parse_evaluation_arguments(argv)
     assert 'online_stream_resize' not in json.load(open(os.path.join(folder, 'opt.json')))
     model = StateManager('resnet', 18, 'checkpoint')
     model.load(SOURCE, weights_only=True)
     scores, _ = evaluate_model(model.model, validation_loaders([CS], 1, SIZE, 0, False), ['none'], RUNTIME,
                                show_progress=False)
-    write_json(os.path.join(roots, 'expected.json'), results_dict(opt.model_name, scores))  # what evaluate.py wrote
-    assert open(os.path.join(folder, 'results.json'), 'rb').read() == open(os.path.join(roots, 'expected.json'),
+    write_json(os.path.join(untrained_roots, 'expected.json'), results_dict(opt.model_name, scores))  # what evaluate.py wrote
+    assert open(os.path.join(folder, 'results.json'), 'rb').read() == open(os.path.join(untrained_roots, 'expected.json'),
                                                                           'rb').read()
 
 
-def test_given_resize_flags_size_every_domain_of_a_stream_else_each_its_default(roots):
+def test_given_resize_flags_size_every_domain_of_a_stream_else_each_its_default(untrained_roots):
     def resize(*flags):
         return parse_evaluation_arguments(['--model-load', SOURCE, '--segmentation-validation-loaders',
                                            f'{CS},{KITTI}', '--online-method', 'tent', *flags]).online_stream_resize
@@ -269,7 +256,7 @@ def test_bad_sweep_stream_flags_get_one_sentence_naming_the_flag(capsys, flags, 
 
 
 @pytest.mark.slow  # sweep.main and evaluate.main over a stream: several seconds
-def test_a_sweep_streams_its_online_runs_as_evaluate_does_and_reads_an_old_runs_csv(roots, capsys):
+def test_a_sweep_streams_its_online_runs_as_evaluate_does_and_reads_an_old_runs_csv(untrained_roots, capsys):
     stream = RESIZE + ['--segmentation-validation-loaders', f'{CS},{KITTI},{CS}', '--online-rounds', '2',
                        '--online-order', 'mixed']
     folder = sweep.main(JOB + stream + ['--model-name', 'swept', '--methods', 'bn_ema', '--seeds', '2'])

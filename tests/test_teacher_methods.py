@@ -11,41 +11,20 @@ import torch.nn.functional as F
 
 import evaluate
 from arguments import parse_evaluation_arguments
-from data_download.tiny_datasets import write_named_loader_datasets
-from experiment.folder import experiment_dir
-from models.adaptation import batchnorm_layers, build_online_method
+from models.adaptation import build_online_method
 from models.adaptation.cotta import SCALES, scaled_side
 from models.adaptation.rotta import Memory
-from state_manager import StateManager
+from tests.support import SmallNet, with_source_statistics
 
 pytestmark = pytest.mark.usefixtures('one_thread', 'no_network')  # conftest.py
 
 BATCHES = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(k)) * (1 + k) + k for k in range(3)]
 
 
-class SmallNet(nn.Module):
-    """conv-BN-ReLU twice and a 1×1 conv to 5 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Conv2d(8, 5, 1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
 
 def small_net():
     torch.manual_seed(0)
-    model = SmallNet()
-    with torch.no_grad():
-        for _, layer in batchnorm_layers(model):
-            layer.running_mean.uniform_(-1, 1)
-            layer.running_var.uniform_(0.5, 2)
-            layer.weight.uniform_(0.5, 1.5)
-            layer.bias.uniform_(-0.5, 0.5)
-    return model.eval()
+    return with_source_statistics(SmallNet(), seed=None)  # the statistics' draws follow the weights'
 
 
 def tensors(model) -> dict:
@@ -237,29 +216,17 @@ def test_bad_settings_get_one_sentence_naming_the_flag(capsys, flags, message):
 
 
 CS, KITTI = 'cityscapes_validation', 'kitti_2015_train'
-SOURCE = 'teacher/source/checkpoints/epoch_0'
+SOURCE = 'tiny/source/checkpoints/epoch_0'
 JOB = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--sys-num-workers', '0',
-       '--experiment-class', 'teacher', '--model-load', SOURCE, '--segmentation-eval-num-images', '0',
+       '--experiment-class', 'tiny', '--model-load', SOURCE, '--segmentation-eval-num-images', '0',
        '--segmentation-validation-resize-height', '64', '--segmentation-validation-resize-width', '128']
 SMALL = {'cotta': [], 'rotta': ['--online-memory-size', '2', '--online-update-frequency', '2']}
 
 
-@pytest.fixture(scope='module')
-def roots(tmp_path_factory):
-    """The tiny named-loader datasets and an untrained ResNet-18 as the source checkpoint."""
-    data, checkpoints = tmp_path_factory.mktemp('datasets'), tmp_path_factory.mktemp('checkpoints')
-    write_named_loader_datasets(str(data))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('UBNA_DIR_DATASET', str(data))
-        patch.setenv('UBNA_DIR_CHECKPOINT', str(checkpoints))
-        torch.manual_seed(0)
-        StateManager('resnet', 18, 'scratch').save(experiment_dir('teacher', 'source'), 'epoch_0')
-        yield str(checkpoints)
-
 
 # the fast tier's cotta skips the 14 views (threshold 0); the slow stream runs them
 @pytest.mark.parametrize('name, flags', [('cotta', ['--online-anchor-threshold', '0']), ('rotta', SMALL['rotta'])])
-def test_evaluate_adapts_one_domain(roots, name, flags):
+def test_evaluate_adapts_one_domain(untrained_roots, name, flags):
     results = evaluate.main(JOB + ['--model-name', f'{name}_one', '--segmentation-validation-loaders', CS,
                                    '--online-method', name, *flags])
     online = results['online']
@@ -269,10 +236,10 @@ def test_evaluate_adapts_one_domain(roots, name, flags):
 
 @pytest.mark.slow  # a stream of two domains, twice
 @pytest.mark.parametrize('name', ['cotta', 'rotta'])
-def test_evaluate_adapts_a_stream_of_two_domains(roots, name):
+def test_evaluate_adapts_a_stream_of_two_domains(untrained_roots, name):
     results = evaluate.main(JOB + ['--model-name', f'{name}_stream', '--segmentation-validation-loaders',
                                    f'{CS},{KITTI}', '--online-method', name, '--online-rounds', '2', *SMALL[name]])
     online = results['online']
     assert [(e['round'], e['domain']) for e in online['stream']] == [(1, CS), (1, KITTI), (2, CS), (2, KITTI)]
     assert online['stream'][0]['miou'] != online['stream'][2]['miou']  # continual: round 2 starts adapted
-    assert json.load(open(os.path.join(roots, 'teacher', f'{name}_stream', 'results.json'))) == results
+    assert json.load(open(os.path.join(untrained_roots, 'tiny', f'{name}_stream', 'results.json'))) == results
