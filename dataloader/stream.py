@@ -70,7 +70,7 @@ class IndexBatches(Sampler):
 
 def stream_size(name: str, resize_hw) -> tuple[int, int]:
     """A domain's network input: the size given for the whole stream, else its loader's default."""
-    return tuple(resize_hw) if resize_hw else datasets.loader(name)[1].size
+    return tuple(resize_hw) if resize_hw else datasets.loader(name, 'validation')[1].size
 
 
 def stream_dataset(names: list[str], resize_hw) -> tuple[ConcatDataset, dict]:

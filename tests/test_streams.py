@@ -226,6 +226,18 @@ def test_given_resize_flags_size_every_domain_of_a_stream_else_each_its_default(
     assert not hasattr(parse_evaluation_arguments(['--model-load', SOURCE, *RESIZE]), 'online_stream_resize')
 
 
+def test_a_stream_of_acdc_conditions_takes_their_default_size(synthetic_root, monkeypatch):
+    """ACDC's names are validation and adaptation loaders at once: the stream looks up the validation one (544x960)
+    and scores each condition as a domain of its own."""
+    monkeypatch.setenv('UBNA_DIR_DATASET', synthetic_root)
+    names = ['acdc_fog_validation', 'acdc_night_validation']
+    plan, loader = stream_loader(names, 1, None, 0, False)
+    assert [stream_size(name, None) for name in names] == [(544, 960), (544, 960)]
+    batch = next(iter(loader))
+    assert tuple(batch['input'].shape[-2:]) == (544, 960) and batch['domain'] == ['acdc_fog']
+    assert [cell.name for cell in plan.cells] == names
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--online-method', 'tent', '--online-rounds', '0'], '--online-rounds must be at least 1, got 0'),
     (['--online-reset', 'domain'], '--online-reset does not apply to --online-method none, which never adapts'),
