@@ -162,6 +162,15 @@ class DrawingSampler(Sampler):
             yield index, self.transform.draw(self.draws)
 
 
+def worker_options(num_workers: int, on_gpu: bool, persistent: bool = False) -> dict:
+    """A DataLoader's worker settings: PREFETCH_BATCHES in flight per worker, each set up by _init_worker (low
+    priority unless the batches feed a GPU); persistent: kept across passes. {} without workers."""
+    if num_workers == 0:
+        return {}
+    return {'persistent_workers': persistent, 'prefetch_factor': PREFETCH_BATCHES,
+            'worker_init_fn': functools.partial(_init_worker, not on_gpu)}
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
                 on_gpu: bool, sampler=None, samples_needed: int | None = None, drawing=None,
                 single_samples: bool = False) -> DataLoader:
@@ -183,8 +192,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
     num_samples = len(dataset) if sampler is None else len(sampler)
     if drop_last and num_samples < batch_size:
         raise UserError(f'a loader has {num_samples} samples, fewer than its batch size {batch_size}')
-    workers = {'persistent_workers': True, 'prefetch_factor': PREFETCH_BATCHES,
-               'worker_init_fn': functools.partial(_init_worker, not on_gpu)}
     generator = torch.Generator().manual_seed(next_loader_seed())
     if shuffle and sampler is None and (samples_needed is not None or drawing is not None):
         order = torch.Generator().manual_seed(next_loader_seed()) if drawing is not None else generator
@@ -194,7 +201,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, drop_last: boo
     batching = {'batch_size': None, 'collate_fn': _unchanged} if single_samples else \
         {'batch_size': batch_size, 'drop_last': drop_last, 'collate_fn': collate}
     return DataLoader(dataset, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
-                      pin_memory=on_gpu, generator=generator, **batching, **(workers if num_workers > 0 else {}))
+                      pin_memory=on_gpu, generator=generator, **batching,
+                      **worker_options(num_workers, on_gpu, persistent=True))
 
 
 class StartedLoader:

@@ -1,7 +1,6 @@
 """A stream of validation domains for online adaptation: the plan (which batch belongs to which round and position
 of the domain list, in stream order) and ONE loader over all domains' datasets that yields the plan's batches, so
 that its workers decode ahead across domain and round boundaries."""
-import functools
 import random
 from dataclasses import dataclass
 
@@ -83,11 +82,10 @@ def stream_dataset(names: list[str], resize_hw) -> tuple[ConcatDataset, dict]:
 def batches_loader(dataset, batches: list[list[int]], num_workers: int, on_gpu: bool) -> DataLoader:
     """A loader of `batches` (lists of indices) in order, with make_loader's workers: low priority on the CPU,
     pinned batches for a GPU, PREFETCH_BATCHES in flight per worker."""
-    workers = {'prefetch_factor': loaders.PREFETCH_BATCHES,
-               'worker_init_fn': functools.partial(loaders._init_worker, not on_gpu)} if num_workers > 0 else {}
     return DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=loaders.collate,
                       num_workers=num_workers, pin_memory=on_gpu,
-                      generator=torch.Generator().manual_seed(next_loader_seed()), **workers)
+                      generator=torch.Generator().manual_seed(next_loader_seed()),
+                      **loaders.worker_options(num_workers, on_gpu))
 
 
 def stream_loader(names: list[str], batch_size: int, resize_hw, num_workers: int, on_gpu: bool, rounds: int = 1,
