@@ -88,7 +88,13 @@ def validation_dataset(name: str, resize_hw: tuple[int, int]) -> Dataset:
     entry, loader = _registered(name, 'validation', resize_hw)
     files = read_split(entry.name, loader.split, loader.split_file, ['color', 'segmentation'])
     transform = ValidationTransform(resize_hw, label_converter(entry.labels, loader.labels_mode))
-    return ImageDataset(files, transform, loader.domain or entry.name, SEGMENTATION_PURPOSES)
+    return ImageDataset(files, transform, validation_domain(name), SEGMENTATION_PURPOSES)
+
+
+def validation_domain(name: str) -> str:
+    """The domain a validation loader's samples are scored as: its own, else its dataset's name."""
+    entry, loader = datasets.loader(name, 'validation')
+    return loader.domain or entry.name
 
 
 def collate(samples: list[dict]) -> dict:

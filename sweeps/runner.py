@@ -195,5 +195,5 @@ def run_task(opt, folder: str, command: dict, pending: list[Run], task: list[Run
 
 def rows_per_run(opt) -> int:
     """The rows of a run in runs.csv: one per validation domain and remap."""
-    return (len(set(opt.segmentation_validation_loaders.split(',')))  # a repeated loader is one domain
-            * len(opt.segmentation_eval_remaps.split(',')))
+    domains = {loaders.validation_domain(name) for name in opt.segmentation_validation_loaders.split(',')}
+    return len(domains) * len(opt.segmentation_eval_remaps.split(','))  # loaders of one domain score together

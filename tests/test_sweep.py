@@ -14,6 +14,7 @@ import sweep
 from arguments import parse_adaptation_arguments, run_seed
 from sweeps.options import parse_sweep_arguments, sweep_defaults
 from sweeps import records
+from sweeps.runner import rows_per_run
 from tests.support import REPO, run_script
 
 MODEL = ['--model-type', 'resnet', '--model-num-layers', '18', '--sys-cpu', '--experiment-class', 'sweeps',
@@ -257,3 +258,14 @@ def test_reproduce_script_runs_the_table_from_another_directory(checkpoints, syn
                   'ubna_online', 'dua', 'tent'):
         assert f'| {label} | ' in summary
     assert '| UBNA+ | 2 | 0.08 | 0.03 | 1 |' in summary
+
+
+def test_a_run_has_one_row_per_domain_and_remap_whatever_loaders_share_a_domain():
+    """acdc_fog_train and acdc_fog_validation both score as acdc_fog: one domain, so a run of them is complete
+    with one row per remap (two rows would never come, and the sweep would call the run missing)."""
+    def rows(loaders):
+        return rows_per_run(parse_sweep_arguments(['--model-load', 'a/b', '--segmentation-validation-loaders', loaders,
+                                                   '--segmentation-eval-remaps', 'none,synthia_16']))
+
+    assert rows('acdc_fog_train,acdc_fog_validation') == 2
+    assert rows('cityscapes_validation,kitti_2015_train,cityscapes_validation') == 4
