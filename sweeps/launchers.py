@@ -22,9 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLL_SECONDS = 2.0  # between two looks at the Slurm jobs' states
 
 
-def serial(opt, runtime, folder: str, command: dict, pending: list, progress) -> None:
-    """Every task in this process, one after another (the data decoded once for all)."""
-    table = records.RunsTable(os.path.join(folder, records.RUNS_FILE), runner.rows_per_run(opt))
+def serial(opt, runtime, folder: str, command: dict, pending: list, progress, table) -> None:
+    """Every task in this process, one after another (the data decoded once for all), adding to `table`."""
     sweep = runner.Sweep(opt, runtime, pending, table, progress)
     records.record_command(folder, command)  # data and model have loaded: the folder's first output
     for task in chains(pending):
@@ -48,8 +47,9 @@ def _start_worker(slots, devices: list[str], threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def local(opt, runtime, folder: str, command: dict, pending: list, progress) -> None:
-    """--jobs worker processes (spawned: no CUDA state is forked), each taking whole tasks."""
+def local(opt, runtime, folder: str, command: dict, pending: list, progress, table) -> None:
+    """--jobs worker processes (spawned: no CUDA state is forked), each taking whole tasks (they write runs.csv
+    themselves: `table` is read again after)."""
     devices = []
     if runtime.device.type == 'cuda':
         import torch
@@ -100,8 +100,9 @@ def slurm_task(opt, folder: str, command: dict, pending: list, task: list) -> li
     return runner.run_task(opt, folder, command, pending, task)
 
 
-def slurm(opt, runtime, folder: str, command: dict, pending: list, progress) -> None:
-    """One job array through submitit, one task a job; its states polled, a failed task named with its log."""
+def slurm(opt, runtime, folder: str, command: dict, pending: list, progress, table) -> None:
+    """One job array through submitit, one task a job; its states polled, a failed task named with its log (the jobs
+    write runs.csv themselves: `table` is read again after)."""
     import submitit  # optional: checked by the options
     tasks = chains(pending)
     executor = submitit.AutoExecutor(folder=os.path.join(folder, 'slurm'), cluster=opt.slurm_cluster)
@@ -164,8 +165,8 @@ def run_sweep(opt) -> str:
           flush=True)
     if pending:
         with tqdm(total=len(pending), desc='sweep', unit='run') as progress:
-            LAUNCHERS[opt.launcher](opt, runtime, folder, command, pending, progress)
-        table.reload()
+            LAUNCHERS[opt.launcher](opt, runtime, folder, command, pending, progress, table)
+        table.reload()  # a pool's or Slurm's processes wrote their rows themselves
     else:
         records.record_command(folder, command)
     missing = [run for run in runs if run.key not in table.finished()]
