@@ -23,7 +23,7 @@ from models.adaptation.base import OnlineMethod, Setting, below_one, in_unit_int
 from models.adaptation.cotta import probabilities, twin_layers
 from models.adaptation.layers import class_logits, restore_layer_state
 from models.adaptation.registry import register
-from models.adaptation.tent import gradients_only_for
+from models.adaptation.tent import gradients_only_for, pixel_entropies
 
 
 def at_least_one(value) -> str | None:
@@ -175,12 +175,12 @@ class Rotta(OnlineMethod):
     def adapt_and_predict(self, images):
         with torch.no_grad():
             logits = logits_of(self.teacher(images))
-            p = class_logits(self.teacher, logits).float().softmax(1)
+            classes = class_logits(self.teacher, logits).float()
         if self.memory is None:
-            self.memory = Memory(self.settings['memory_size'], p.shape[1])
-        categories = [int(torch.bincount(labels.flatten(), minlength=p.shape[1]).argmax())  # most pixels
-                      for labels in p.argmax(1)]
-        uncertainties = (-(p * p.clamp_min(1e-30).log()).sum(1)).flatten(1).mean(1).tolist()
+            self.memory = Memory(self.settings['memory_size'], classes.shape[1])
+        categories = [int(torch.bincount(labels.flatten(), minlength=classes.shape[1]).argmax())  # most pixels
+                      for labels in classes.argmax(1)]
+        uncertainties = pixel_entropies(classes).flatten(1).mean(1).tolist()
         updated = False
         for i, (category, uncertainty) in enumerate(zip(categories, uncertainties)):
             self.memory.add(images[i].detach(), category, uncertainty)
