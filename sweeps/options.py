@@ -168,6 +168,9 @@ def _check_sweep_online(parser, opt) -> None:
             parser.error(f'{online_flag(setting)} applies to none of the methods in --methods')
     if opt.online_reset is not None and not listed:
         parser.error('--online-reset applies to none of the methods in --methods (no online method)')
+    if opt.online_fisher_loaders is not None:  # evaluate.py's alone: a sweep's eata runs take the first test batch
+        parser.error('--online-fisher-loaders is an evaluate.py flag; a sweep\'s eata runs take their Fisher '
+                     'information from the first test batch')
     for method in listed:
         try:
             check_online_settings(method, method_reset(opt.online_reset), **online_settings_of(opt, method))

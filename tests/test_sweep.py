@@ -269,3 +269,12 @@ def test_a_run_has_one_row_per_domain_and_remap_whatever_loaders_share_a_domain(
 
     assert rows('acdc_fog_train,acdc_fog_validation') == 2
     assert rows('cityscapes_validation,kitti_2015_train,cityscapes_validation') == 4
+
+
+def test_a_sweep_refuses_fisher_loaders_it_would_not_use(capsys):
+    with pytest.raises(SystemExit):
+        parse_sweep_arguments(['--model-load', 'a/b', '--methods', 'eata,tent', '--online-fisher-loaders',
+                               'cityscapes_validation'])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sweep.py: error: --online-fisher-loaders is an evaluate.py flag; a sweep's eata runs take their Fisher "
+        'information from the first test batch')
