@@ -29,6 +29,10 @@ def in_unit_interval(value) -> str | None:
     return None if 0 < value <= 1 else f'must be in (0, 1], got {value}'
 
 
+def closed_unit_interval(value) -> str | None:
+    return None if 0 <= value <= 1 else f'must be in [0, 1], got {value}'
+
+
 def below_one(value) -> str | None:
     return None if 0 <= value < 1 else f'must be in [0, 1), got {value}'
 
@@ -39,6 +43,10 @@ def non_negative(value) -> str | None:
 
 def positive(value) -> str | None:
     return None if 0 < value < math.inf else f'must be a positive finite number, got {value}'
+
+
+def whole_at_least_one(value) -> str | None:
+    return None if value >= 1 and value == int(value) else f'must be a whole number of at least 1, got {value}'
 
 
 class SettingError(ValueError):

@@ -13,17 +13,13 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from models.adaptation.base import OnlineMethod, Setting, below_one, logits_of, positive
+from models.adaptation.base import OnlineMethod, Setting, below_one, closed_unit_interval, logits_of, positive
 from models.adaptation.layers import class_logits, training_mode
 from models.adaptation.registry import register
 from models.adaptation.tent import gradients_only_for
 
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 STRIDE, SMALLEST = 32, 64  # a UBNA network takes sides that are multiples of 32 and at least 64
-
-
-def unit_interval(value) -> str | None:
-    return None if 0 <= value <= 1 else f'must be in [0, 1], got {value}'
 
 
 def scaled_side(side: int, scale: float) -> int:
@@ -49,9 +45,9 @@ class Cotta(OnlineMethod):
     name = 'cotta'
     SETTINGS = {'learning_rate': Setting(1.7e-5, positive, 'Adam learning rate of every student parameter'),
                 'ema': Setting(0.999, below_one, 'teacher ← ema·teacher + (1 − ema)·student'),
-                'restore_probability': Setting(0.01, unit_interval,
+                'restore_probability': Setting(0.01, closed_unit_interval,
                                                'chance that a weight returns to its source value after each step'),
-                'anchor_threshold': Setting(0.69, unit_interval,
+                'anchor_threshold': Setting(0.69, closed_unit_interval,
                                             'anchor confidence below which a pixel takes the augmented average')}
 
     def configure(self) -> None:

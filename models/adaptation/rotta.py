@@ -19,15 +19,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.adaptation.base import OnlineMethod, Setting, below_one, in_unit_interval, logits_of, positive
+from models.adaptation.base import (OnlineMethod, Setting, below_one, in_unit_interval, logits_of, positive,
+                                    whole_at_least_one)
 from models.adaptation.cotta import probabilities, twin_layers
 from models.adaptation.layers import class_logits, restore_layer_state
 from models.adaptation.registry import register
 from models.adaptation.tent import gradients_only_for, pixel_entropies
-
-
-def at_least_one(value) -> str | None:
-    return None if value >= 1 and value == int(value) else f'must be a whole number of at least 1, got {value}'
 
 
 class Memory:
@@ -102,8 +99,8 @@ class Rotta(OnlineMethod):
     SETTINGS = {'learning_rate': Setting(1e-3, positive, 'Adam learning rate'),
                 'momentum': Setting(0.05, in_unit_interval, 'α of robust BatchNorm, μ ← (1 − α)·μ + α·μ_batch'),
                 'ema': Setting(0.999, below_one, 'teacher ← ema·teacher + (1 − ema)·student, 1 − ν'),
-                'memory_size': Setting(64, at_least_one, 'images in the memory'),
-                'update_frequency': Setting(64, at_least_one, 'images between two updates')}
+                'memory_size': Setting(64, whole_at_least_one, 'images in the memory'),
+                'update_frequency': Setting(64, whole_at_least_one, 'images between two updates')}
 
     def configure(self) -> None:
         super().configure()
