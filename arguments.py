@@ -161,8 +161,8 @@ def add_online_adaptation_flags(parser):
                        help='none: the model as loaded; test_batch: batch statistics; cbna, bn_ema: statistics updated '
                             'inside each BatchNorm layer; ubna_online: UBNA+ one batch at a time; dua: decaying '
                             'momentum over augmented copies; tent: entropy minimisation on normalisation scale and '
-                            'shift; eta, eata: the same over reliable, non-redundant pixels (eata: a Fisher penalty); sar: '
-                            'reliable pixels, sharpness-aware, with recovery')
+                            'shift; eta, eata: the same over reliable, non-redundant pixels (eata: a Fisher penalty); '
+                            'sar: reliable pixels, sharpness-aware, with recovery')
     group.add_argument('--online-reset', default=None, choices=RESETS + STREAM_RESETS,
                        help="episodic: back to the loaded checkpoint's state before every batch; domain: at the "
                             "start of each domain's pass; round: at the start of each round; continual: never; "

@@ -4,11 +4,11 @@
 Writes photo-like PNGs at native size (KITTI-like stereo for adaptation, Cityscapes 1024x2048 and KITTI 2015
 375x1242 for validation, GTA-5 1052x1914 with palette labels for training) and runs adapt.py (--adapt-batches x
 --adapt-batch), evaluate.py (--eval-images), one epoch of train.py (--train-steps) and evaluate.py --online-method tent
-over a stream of 4 domains (Cityscapes, KITTI 2015, twice) x --stream-rounds at --stream-size, batch 1. For each job: wall time, seconds from process start to
-the first batch, images/s after it (overall, and over the loop's second half: the steady state, without cuDNN's
-start and autotuning or the batches decoded before the first), and the pipeline efficiency = job images/s /
-network-alone images/s (bench.py's measurement of the same step on random tensors). Defaults follow the device:
-VGG16-bn at the paper's sizes on a GPU, ResNet-18 at small sizes on a CPU.
+over a stream of 4 domains (Cityscapes, KITTI 2015, twice) x --stream-rounds at --stream-size, batch 1. For each
+job: wall time, seconds from process start to the first batch, images/s after it (overall, and over the loop's
+second half: the steady state, without cuDNN's start and autotuning or the batches decoded before the first), and
+the pipeline efficiency = job images/s / network-alone images/s (bench.py's measurement of the same step on random
+tensors). Defaults follow the device: VGG16-bn at the paper's sizes on a GPU, ResNet-18 at small sizes on a CPU.
 With --reference DIR, the reference's adapt.py and eval_segmentation.py run on the same data, checkpoint and
 flags, and the speed and memory ratios are printed.
 With --train-from-copy, train.py reads the copy data_download/resize_dataset.py writes at the training resize size.

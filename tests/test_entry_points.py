@@ -100,8 +100,8 @@ def test_a_missing_checkpoint_is_one_sentence_with_status_2(roots, capsys):
 def test_sweep_main_writes_runs_summary_and_plot_and_resumes(roots, capsys):
     sizes = ADAPT[:ADAPT.index('--adaptation-num-batches')] + ADAPT[ADAPT.index('--adaptation-resize-height'):][:4]
     command = SMALL_MODEL + sizes + ['--model-name', 'swept', '--model-load', SOURCE, '--methods',
-                                     'no_adaptation,batch_shrinking,tent', '--num-batches', '1,2', '--alpha-batch', '0.08',
-                                     '--seeds', '1']
+                                     'no_adaptation,batch_shrinking,tent', '--num-batches', '1,2',
+                                     '--alpha-batch', '0.08', '--seeds', '1']
     folder = sweep.main(command)
     out = capsys.readouterr().out
     assert folder == os.path.join(roots, 'e2e', 'swept')

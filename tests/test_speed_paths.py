@@ -142,7 +142,8 @@ class Clock:
 
 
 def test_the_loop_timer_gives_the_rate_of_the_loop_s_second_half_on_its_own(monkeypatch):
-    monkeypatch.setattr('experiment.runtime.time', Clock([0, 1, 2, 3, 5, 7, 9, 11, 15]))  # 8 batches arrive, then the end
+    # 8 batches arrive, then the end
+    monkeypatch.setattr('experiment.runtime.time', Clock([0, 1, 2, 3, 5, 7, 9, 11, 15]))
     timer = LoopTimer(SimpleNamespace(synchronize=lambda: None, device=torch.device('cpu')))
     assert len(list(timer.wrap([torch.zeros(2, 1)] * 8))) == 8
     # after the first batch 14 images in 15 s; from the fifth batch's arrival (at 5 s, 8 images counted) 6 in 10 s

@@ -211,9 +211,9 @@ def test_plain_evaluation_writes_the_same_results_and_options_as_before(untraine
     model.load(SOURCE, weights_only=True)
     scores, _ = evaluate_model(model.model, validation_loaders([CS], 1, SIZE, 0, False), ['none'], RUNTIME,
                                show_progress=False)
-    write_json(os.path.join(untrained_roots, 'expected.json'), results_dict(opt.model_name, scores))  # what evaluate.py wrote
-    assert open(os.path.join(folder, 'results.json'), 'rb').read() == open(os.path.join(untrained_roots, 'expected.json'),
-                                                                          'rb').read()
+    expected = os.path.join(untrained_roots, 'expected.json')
+    write_json(expected, results_dict(opt.model_name, scores))  # what evaluate.py wrote
+    assert open(os.path.join(folder, 'results.json'), 'rb').read() == open(expected, 'rb').read()
 
 
 def test_given_resize_flags_size_every_domain_of_a_stream_else_each_its_default(untrained_roots):
