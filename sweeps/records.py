@@ -21,6 +21,8 @@ LIST_OPTIONS = ('methods', 'num_batches', 'alpha_batch', 'alpha_layer', 'seeds')
 FREE_OPTIONS = ('sys_num_workers', 'launcher', 'jobs', 'report', 'slurm_partition', 'slurm_time',
                 'slurm_gpus_per_task', 'slurm_cpus_per_task', 'slurm_mem', 'slurm_array_parallelism', 'slurm_extra',
                 'slurm_cluster')
+DERIVED_OPTIONS = {  # options no flag sets directly, by what the user gave
+    'online_stream_resize': 'the online stream\'s size (--segmentation-validation-resize-height/-width as given)'}
 UNRECORDED_VALUES = {'adaptation_pixel_work': 'workers'}  # what runs did before an option existed, if not its default
 IOU_COLUMNS = tuple('iou_' + name.replace(' ', '_') for name in CLASS_NAMES)
 OLD_COLUMNS = (*SETTINGS, 'domain', 'remap', 'classes', 'miou', 'mean_accuracy', 'seconds', *IOU_COLUMNS)
@@ -39,7 +41,8 @@ def claim_folder(folder: str, options: dict, defaults: dict, on_gpu: bool, recor
             previous = pixel_work_as_done({**defaults, **UNRECORDED_VALUES, **json.load(file)}, on_gpu)
         for key in sorted((previous.keys() | options.keys()) - set(LIST_OPTIONS) - set(FREE_OPTIONS)):
             if previous.get(key) != options.get(key):
-                raise UserError(f'the sweep folder {folder} holds runs made with --{key.replace("_", "-")} '
+                setting = DERIVED_OPTIONS.get(key, f'--{key.replace("_", "-")}')
+                raise UserError(f'the sweep folder {folder} holds runs made with {setting} '
                                 f'{previous.get(key)!r}, not {options.get(key)!r}; rerun with the same settings or '
                                 f'choose another --model-name')
     else:

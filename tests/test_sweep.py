@@ -278,3 +278,14 @@ def test_a_sweep_refuses_fisher_loaders_it_would_not_use(capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "sweep.py: error: --online-fisher-loaders is an evaluate.py flag; a sweep's eata runs take their Fisher "
         'information from the first test batch')
+
+
+def test_a_folder_of_other_stream_sizes_is_refused_naming_the_resize_flags(tmp_path):
+    """online_stream_resize is no flag of its own: the refusal names the flags it comes from."""
+    folder = str(tmp_path)
+    options = {**sweep_defaults(), 'online_stream_resize': [64, 128]}
+    records.claim_folder(folder, {**options, 'online_stream_resize': None}, sweep_defaults(), on_gpu=False)
+    with pytest.raises(UserError, match=r"holds runs made with the online stream's size "
+                                        r"\(--segmentation-validation-resize-height/-width as given\) None, "
+                                        r"not \[64, 128\]"):
+        records.claim_folder(folder, options, sweep_defaults(), on_gpu=False)
