@@ -22,6 +22,7 @@ class EventWriter:
         events = self.writer.file_writer.event_writer._ev_writer
         events.write_event = self._kept(events.write_event)
         events.flush = self._kept(events.flush)
+        events.close = self._closed_anyway(events.close)  # also what tensorboardX's atexit clean-up calls
 
     def _kept(self, write):
         """`write` that records its first failure instead of raising it in the logger thread; nothing after it."""
@@ -32,6 +33,15 @@ class EventWriter:
                 except Exception as exc:  # raised again, as a sentence, in the main thread
                     self.failure = exc
             return None
+        return checked
+
+    def _closed_anyway(self, close):
+        """`close` that always closes the file, recording (not raising) a failure of its last flush."""
+        def checked():
+            try:
+                close()
+            except Exception as exc:  # a run ending on another failed write closes its events at exit, quietly
+                self.failure = self.failure or exc
         return checked
 
     def __getattr__(self, name):
