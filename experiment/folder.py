@@ -174,7 +174,7 @@ def write_failure(exc: BaseException, what: str, folder: str, needed=None) -> Us
     parts = [f'could not write {what} to {folder} ({error.strerror}'
              + (f'; it needed about {readable_size(size)})' if size else ')')]
     experiment = _experiment_of(folder)
-    if experiment is not None:
+    if experiment is not None and os.path.isdir(os.path.join(experiment, 'checkpoints')):  # jobs that keep some
         parts.append(f'the last intact checkpoint is {last_checkpoint(experiment)}')
     parts.append(f'{WRITE_ERRNOS[error.errno]} and rerun')
     return UserError('; '.join(parts))
