@@ -1,9 +1,11 @@
 """Where a sweep's tasks run (a task: one chain of grid.chains, a method and seed over all its N): serial, in this
 process; local, in a pool of worker processes (one GPU, or a share of the cores, each); slurm, as one job array
 through submitit. runs.csv, written by the tasks, is what a rerun resumes from, whichever launcher ran them."""
+import contextlib
 import multiprocessing
 import os
 import shlex
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,6 +22,7 @@ from sweeps.options import slurm_minutes, sweep_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLL_SECONDS = 2.0  # between two looks at the Slurm jobs' states
+TRACKER_WARNING = 'ignore:resource_tracker:UserWarning'  # its "There appear to be N leaked semaphore objects"
 
 
 def serial(opt, runtime, folder: str, command: dict, pending: list, progress, table) -> None:
@@ -37,14 +40,31 @@ def _finished(task: list, lines: list[str], progress) -> None:
 
 
 def _start_worker(slots, devices: list[str], threads: int) -> None:
-    """A local worker's setup, before torch starts: its GPU (by its slot) or its share of the cores."""
+    """A local worker's setup, before CUDA starts: its GPU (by its slot) or its share of the cores."""
     slot = slots.get()
     if devices:
         os.environ['CUDA_VISIBLE_DEVICES'] = devices[slot % len(devices)]
-    os.environ['OMP_NUM_THREADS'] = str(threads)
-    os.environ['TQDM_DISABLE'] = '1'  # the main process draws the one progress bar
     import torch
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _worker_environment(threads: int):
+    """The environment and warning filters the spawned workers start with, which act before their first import."""
+    saved = {name: os.environ.get(name) for name in ('OMP_NUM_THREADS', 'TQDM_DISABLE')}
+    os.environ.update(OMP_NUM_THREADS=str(threads), TQDM_DISABLE='1')  # the main process draws the one progress bar
+    # A killed worker leaves semaphores that the resource tracker (started here, with these filters) removes; its
+    # warning about them would follow the sweep's one sentence.
+    sys.warnoptions.append(TRACKER_WARNING)
+    try:
+        yield
+    finally:
+        sys.warnoptions.remove(TRACKER_WARNING)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def local(opt, runtime, folder: str, command: dict, pending: list, progress, table) -> None:
@@ -56,26 +76,28 @@ def local(opt, runtime, folder: str, command: dict, pending: list, progress, tab
         visible = os.environ.get('CUDA_VISIBLE_DEVICES')
         devices = visible.split(',') if visible else [str(index) for index in range(torch.cuda.device_count())]
     jobs = opt.jobs or max(1, len(devices))
-    context = multiprocessing.get_context('spawn')
-    slots = context.Queue()
-    for slot in range(jobs):
-        slots.put(slot)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     print(f'local pool of {jobs} workers' + (f' over GPUs {",".join(devices)}' if devices else
                                              f', {threads} threads each'), flush=True)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                             initargs=(slots, devices, threads)) as pool:
-        futures = {pool.submit(runner.run_task, opt, folder, command, pending, task): task for task in chains(pending)}
-        for future in as_completed(futures):
-            try:
-                _finished(futures[future], future.result(), progress)
-            except BrokenProcessPool:
-                pool.shutdown(cancel_futures=True)
-                raise UserError('a worker process of the local pool died (killed, or out of memory); the finished '
-                                'tasks are in runs.csv: rerun the same command to run the others') from None
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+    context = multiprocessing.get_context('spawn')
+    with _worker_environment(threads):
+        slots = context.Queue()
+        for slot in range(jobs):
+            slots.put(slot)
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(slots, devices, threads)) as pool:
+            futures = {pool.submit(runner.run_task, opt, folder, command, pending, task): task
+                       for task in chains(pending)}
+            for future in as_completed(futures):
+                try:
+                    _finished(futures[future], future.result(), progress)
+                except BrokenProcessPool:
+                    pool.shutdown(cancel_futures=True)
+                    raise UserError('a worker process of the local pool died (killed, or out of memory); the finished '
+                                    'tasks are in runs.csv: rerun the same command to run the others') from None
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
 
 
 def _slurm_parameters(opt, folder: str) -> dict:

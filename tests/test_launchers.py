@@ -105,6 +105,7 @@ def test_a_killed_worker_ends_the_sweep_in_one_sentence_and_a_rerun_completes_it
     assert process.returncode == 2 and [line for line in err.splitlines() if line.startswith('error:')] == [
         'error: a worker process of the local pool died (killed, or out of memory); the finished tasks are in '
         'runs.csv: rerun the same command to run the others'], err
+    assert err.strip().splitlines()[-1].startswith('error:') and 'decode' not in err, err  # workers draw no bars
     done = len(numbers(os.path.dirname(runs)))
     assert 0 < done < RUNS
     result = run_script('sweep.py', command[2:], synthetic_root, checkpoints)
