@@ -3,7 +3,7 @@ runtime, take the experiment folder; then build the network and fill it from its
 from arguments import encoder_depth, run_seed
 from dataloader import loaders, stream
 from dataloader.paths import dataset_root
-from experiment.folder import checkpoint_root, experiment_dir, lock_experiment, save_options
+from experiment.folder import checkpoint_root, experiment_dir, lock_folder, save_options
 from experiment.runtime import Runtime, setup_runtime
 from state_manager import StateManager
 
@@ -21,7 +21,7 @@ def open_job(opt, seed: int | None, training: bool = False) -> tuple[Runtime, st
     runtime = setup_runtime(opt.sys_cpu, seed, opt.sys_precision, opt.sys_memory_format, training=training)
     folder = experiment_dir(opt.experiment_class, opt.model_name)
     if runtime.is_main:
-        lock_experiment(folder)
+        lock_folder(folder)
     return runtime, folder
 
 

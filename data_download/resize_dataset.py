@@ -30,6 +30,7 @@ from tqdm import tqdm
 if __package__ in (None, ''):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from arguments import MAX_WORKERS  # noqa: E402
 from dataloader import datasets  # noqa: E402
 from dataloader.dataset import read_image, split_path  # noqa: E402
 from dataloader.labels import PaletteLabel  # noqa: E402
@@ -38,7 +39,7 @@ from dataloader.paths import dataset_root  # noqa: E402
 from dataloader.resized_copy import MANIFEST, fingerprint, read_manifest, write_manifest  # noqa: E402
 from dataloader.transforms import nearest_indices, resize_color  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
-from experiment.folder import write_bytes  # noqa: E402
+from experiment.folder import LOCK_NAME, lock_folder, write_bytes  # noqa: E402
 
 DEFAULT_RESIZE = {'training': (512, 1024), 'adaptation': (192, 640)}  # the defaults of arguments.py
 LABEL_CATEGORY = 'segmentation'
@@ -176,7 +177,8 @@ def check_output(source_root: str, output_root: str, folder: str) -> None:
     """Refuse to write over the source datasets or into a dataset folder that is not a resized copy."""
     if os.path.isdir(output_root) and os.path.samefile(source_root, output_root):
         raise UserError(f'--output {output_root} is the source UBNA_DIR_DATASET; give another folder for the copy')
-    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST)):
+    if (os.path.isdir(folder) and set(os.listdir(folder)) - {LOCK_NAME}
+            and not os.path.isfile(os.path.join(folder, MANIFEST))):
         raise UserError(f'{folder} exists and is not a resized copy (it has no {MANIFEST}); give another --output')
 
 
@@ -194,9 +196,12 @@ def record(folder: str, loader: str, entry: dict) -> None:
 
 def write_copy(loader: str, resize_hw: tuple[int, int] | None, plan: CopyPlan, source_root: str, output_root: str,
                workers: int, compress: bool = False) -> None:
-    """Record the entry as partial, write the JSON files and the images (in a pool), then record it complete."""
+    """With the copy's lock: record the entry as partial, write the JSON files and the images (in a pool), then
+    record it complete."""
     folder = os.path.join(output_root, plan.dataset)
     check_output(source_root, output_root, folder)
+    os.makedirs(folder, exist_ok=True)
+    lock_folder(folder, 'the resized copy', 'another --output')  # and remove what a killed run of the tool left
     images = [task.path for task in plan.tasks]
     entry = {'resize_hw': resize_hw, 'written_hw': plan.written_hw,
              'source_folder': os.path.join(source_root, plan.dataset),
@@ -222,6 +227,14 @@ def positive(text: str) -> int:
     return value
 
 
+def workers(text: str) -> int:
+    """A process count, 1 to MAX_WORKERS (argparse type): more is a typo."""
+    value = positive(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f'must be at most {MAX_WORKERS}, got {value}')
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write a copy of a loader's dataset resized to its resize size.")
     parser.add_argument('loader', choices=list(dict.fromkeys(name for kind in datasets.KINDS
@@ -234,7 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--resize-width', type=positive, default=None,
                         help="the job's resize width flag (default: its default; not for validation loaders)")
     parser.add_argument('--output', required=True, help='the folder that becomes UBNA_DIR_DATASET for the copy')
-    parser.add_argument('--workers', type=positive, default=os.cpu_count(), help='processes (default: all CPUs)')
+    parser.add_argument('--workers', type=workers, default=min(os.cpu_count() or 1, MAX_WORKERS),
+                        help='processes (default: all CPUs)')
     parser.add_argument('--compress', action='store_true',
                         help='compress the colour images: 1.5-3x smaller files, 5x slower to decode (default: stored)')
     return parser.parse_args(argv)

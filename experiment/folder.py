@@ -305,26 +305,28 @@ atexit.register(_release_all)
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def lock_experiment(folder: str) -> None:
-    """Take the lock of an experiment folder until this process exits; UserError while another live run holds it."""
+def lock_folder(folder: str, what: str = 'the experiment folder',
+                instead: str = 'another --experiment-class/--model-name') -> None:
+    """Take the lock of a folder one run writes (`what`: an experiment folder, a resized copy) until this process
+    exits, removing what a stopped run left there; UserError while another live run holds it (`instead`: what to
+    choose then)."""
     path = os.path.join(os.path.abspath(folder), LOCK_NAME)
     _release(path)  # this process may take the same folder again (jobs run in-process one after the other)
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UserError(f'the lock file {path} of the experiment folder cannot be opened ({exc.strerror})') from None
+        raise UserError(f'the lock file {path} of {what} cannot be opened ({exc.strerror})') from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _holder(descriptor)
         os.close(descriptor)
-        raise UserError(f'the experiment folder {folder} is in use by another run ({_describe(holder)}), which is '
-                        f'still running; wait for it to end or choose another --experiment-class/--model-name') \
-            from None
+        raise UserError(f'{what} {folder} is in use by another run ({_describe(holder)}), which is still running; '
+                        f'wait for it to end or choose {instead}') from None
     previous = _holder(descriptor)
     if previous:
-        print(f'note: took over the lock of the experiment folder {folder} left by {_describe(previous)}, '
-              f'which is no longer running', file=sys.stderr, flush=True)
+        print(f'note: took over the lock of {what} {folder} left by {_describe(previous)}, which is no longer '
+              f'running', file=sys.stderr, flush=True)
     _record_self(descriptor)
     _held[path] = descriptor
     remove_leftovers(folder)

@@ -22,7 +22,7 @@ from data_download.make_synthetic import make_synthetic
 from errors import UserError
 from experiment import folder as experiment_folder
 from experiment.events import EventWriter
-from experiment.folder import PARTIAL_NAME, lock_experiment, write_atomically, write_bytes, write_failure
+from experiment.folder import PARTIAL_NAME, lock_folder, write_atomically, write_bytes, write_failure
 from state_manager import StateManager
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,7 +316,7 @@ def test_a_failed_checkpoint_names_the_last_intact_one(tmp_path, monkeypatch):
     monkeypatch.setenv('UBNA_DIR_CHECKPOINT', str(tmp_path))
     folder = str(tmp_path / 'e2e' / 'x')
     os.makedirs(folder)
-    lock_experiment(folder)
+    lock_folder(folder)
     state = StateManager('resnet', 18, 'scratch')
     state.save(folder, 'epoch_1')
 
@@ -374,7 +374,7 @@ def test_a_run_that_takes_the_lock_removes_what_a_stopped_run_left(tmp_path, cap
     for name in kept + left + [only_copy]:
         os.makedirs(os.path.dirname(folder / name), exist_ok=True)
         (folder / name).write_text(name)
-    lock_experiment(str(folder))
+    lock_folder(str(folder))
     note = capsys.readouterr().err
     assert (f'note: removed 2 temporary files and 1 checkpoint staging folder left by a run that stopped in {folder}'
             in note)
@@ -384,7 +384,7 @@ def test_a_run_that_takes_the_lock_removes_what_a_stopped_run_left(tmp_path, cap
     assert (folder / 'checkpoints' / 'epoch_3' / 'model.pth').read_text() == only_copy  # restored, not deleted
     assert sorted(os.listdir(folder / 'checkpoints')) == ['epoch_1', 'epoch_3']
     assert not (folder / left[0]).exists() and not (folder / left[1]).exists()
-    lock_experiment(str(folder))  # again: nothing left, nothing said
+    lock_folder(str(folder))  # again: nothing left, nothing said
     assert 'note:' not in capsys.readouterr().err
     experiment_folder._release(str(folder / '.lock'))
 

@@ -149,8 +149,8 @@ def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(killed_training,
     folder = os.path.join(root, 'e2e', 'busy')
     os.makedirs(folder)
     holder = subprocess.Popen(  # another run holding the experiment folder
-        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_experiment; '
-                               'lock_experiment(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
+        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_folder; '
+                               'lock_folder(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     evaluate = SMALL_MODEL + ['--model-name', 'busy', '--model-load', f'e2e/killed/checkpoints/epoch_{EPOCHS}',
                               '--segmentation-eval-num-images', '0']

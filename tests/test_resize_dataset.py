@@ -4,6 +4,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -16,10 +18,10 @@ from data_download.resize_dataset import FileTask, encoded
 from data_download.resize_dataset import main as resize_main
 from dataloader.dataset import read_image
 from dataloader.loaders import adaptation_dataset, make_loader, training_dataset, validation_dataset
-from dataloader.resized_copy import MANIFEST
+from dataloader.resized_copy import MANIFEST, read_manifest
 from dataloader.transforms import Jitter, nearest_indices
 from errors import UserError, run_cli
-from tests.support import run_script
+from tests.support import REPO, run_script
 from data_download.tiny_datasets import id_label, noise_image, palette_label, write_dataset
 
 NATIVE_HW = (150, 300)
@@ -303,3 +305,37 @@ def test_tool_reports_bad_input_in_one_sentence(ubna_env, tmp_path, capsys):
     assert capsys.readouterr().err == ('error: kitti_2015_train is a validation loader, copied unchanged (its labels '
                                        'stay native and its image and label must have one size), so '
                                        '--resize-height/-width do not apply\n')
+
+
+def test_a_live_run_keeps_its_copy_and_a_rerun_removes_what_a_killed_one_left(copy_of, tmp_path, capsys):
+    folder = str(tmp_path / 'copy' / 'gta5')
+    os.makedirs(folder)
+    holder = subprocess.Popen(  # another run of the tool writing the same copy
+        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_folder; '
+                               'lock_folder(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        with pytest.raises(UserError, match=rf'^the resized copy {folder} is in use by another run \(process '
+                                            rf'{holder.pid} on host .*\), which is still running; wait for it to end '
+                                            rf'or choose another --output$'):
+            copy_of('gta5_train')
+    finally:
+        holder.kill()  # as a kill leaves it: the lock file names a process that no longer holds it
+        holder.wait()
+    assert os.listdir(folder) == ['.lock']
+    copy_of('gta5_train')
+    assert f'took over the lock of the resized copy {folder} left by process {holder.pid}' in capsys.readouterr().err
+    image = read_manifest(folder)['gta5_train']['images'][0]
+    left = os.path.join(tmp_path, 'copy', os.path.dirname(image), f'.{os.path.basename(image)}.k2x_9q7w.partial.png')
+    with open(left, 'wb') as file:  # a write that a kill stopped
+        file.write(b'half a png')
+    copy_of('gta5_train')
+    assert f'note: removed 1 temporary file left by a run that stopped in {folder}' in capsys.readouterr().err
+    assert not os.path.exists(left) and read_manifest(folder)['gta5_train']['complete']
+
+
+def test_workers_are_bounded(ubna_env, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        resize_main(['gta5_train', '--output', str(tmp_path), '--workers', '1000'])
+    assert capsys.readouterr().err.endswith('error: argument --workers: must be at most 256, got 1000\n')
