@@ -3,6 +3,7 @@ builders on their official layouts, their loaders (validation and adaptation), t
 and make_synthetic's ACDC conditions."""
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -158,10 +159,15 @@ def test_foggy_cityscapes_index(tmp_path):
 
 def test_dark_zurich_index(tmp_path):
     make_dark_zurich(str(tmp_path))
-    assert DATASETS['dark_zurich'].build_index(str(tmp_path)) == {'validation': 2}
+    assert DATASETS['dark_zurich'].build_index(str(tmp_path)) == {'night_train': 1, 'validation': 2}
     dataset_dir = str(tmp_path / 'dark_zurich')
     split = check_split(dataset_dir, 'validation', ['color', 'segmentation'], ['.png', '.png'], [2, 2])
     assert split['files'][0][0] == 'rgb_anon/val/night/GOPR0356/GOPR0356_frame_000321_rgb_anon.png'
+    train = check_split(dataset_dir, 'night_train', ['color', 'segmentation'], ['.png', '.png'], [1, 0])
+    assert train['files'][0] == ['rgb_anon/train/night/GOPR0001/GOPR0001_frame_000001_rgb_anon.png']
+    shutil.rmtree(os.path.join(dataset_dir, 'gt'))
+    shutil.rmtree(os.path.join(dataset_dir, 'rgb_anon', 'val'))
+    assert DATASETS['dark_zurich'].build_index(str(tmp_path)) == {'night_train': 1}  # the train archive alone
     assert load(os.path.join(dataset_dir, 'parameters.json'))['labels'] == 'cityscapes'
 
 
@@ -178,7 +184,7 @@ def test_bdd100k_index_of_jpeg_images(tmp_path):
 
 @pytest.mark.parametrize('dataset, folder', [('acdc', 'acdc/rgb_anon'),
                                              ('foggy_cityscapes', 'foggy_cityscapes/leftImg8bit_foggy'),
-                                             ('dark_zurich', 'dark_zurich/rgb_anon/val/night'),
+                                             ('dark_zurich', 'dark_zurich/rgb_anon'),
                                              ('bdd100k', 'bdd100k/images/10k')])
 def test_missing_folder_is_a_user_error_naming_it(tmp_path, dataset, folder):
     with pytest.raises(UserError, match=f'expected folder .*{folder}'):
@@ -191,7 +197,9 @@ def test_registered_names_kinds_and_sizes():
     assert loader_names('validation') == acdc + ('bdd100k_train', 'bdd100k_validation', 'cityscapes_validation',
                                                  'dark_zurich_validation') + \
         tuple(f'{name}_validation' for name in foggy) + ('kitti_2015_train',)
-    assert loader_names('adaptation') == acdc + ('bdd100k_train', 'bdd100k_validation', 'cityscapes_sequence_train') \
+    assert loader_names('adaptation') == acdc + ('bdd100k_train', 'bdd100k_validation', 'cityscapes_sequence_train',
+                                                 'dark_zurich_day_train', 'dark_zurich_twilight_train',
+                                                 'dark_zurich_night_train') \
         + tuple(f'{name}_train' for name in foggy) + ('kitti_kitti_train',)
     assert loader_names('training') == ('cityscapes_train', 'gta5_train', 'synthia_train')
     assert loader_kinds('acdc_rain_validation') == ('validation', 'adaptation')
@@ -255,7 +263,8 @@ def test_validation_loaders_resize_images_and_convert_labels(targets, name, coun
 
 
 @pytest.mark.parametrize('name, count', [('acdc_fog_train', 2), ('acdc_snow_validation', 1),
-                                         ('foggy_cityscapes_0.02_train', 2), ('bdd100k_train', 2)])
+                                         ('foggy_cityscapes_0.02_train', 2), ('bdd100k_train', 2),
+                                         ('dark_zurich_night_train', 1)])
 def test_adaptation_loaders_read_images_only(targets, name, count):
     dataset = adaptation_dataset(name, (32, 64), (32, 64))
     assert len(dataset) == count and list(dataset.files) == ['color']
