@@ -75,16 +75,22 @@ class AgainstNone:
         self.method.reset()
 
     def report(self) -> dict:
-        """results.json's 'online': the method, its settings, and milliseconds per image (null if unmeasured)."""
+        """results.json's 'online': the method, its settings, milliseconds per image (null if unmeasured) and the
+        method's diagnostics."""
         def number(value):
             return None if math.isnan(value) else value
 
         return {'method': self.method.name, 'settings': self.method.settings,
                 'ms_per_image_adapting': number(self.method.ms_per_image - self.none.ms_per_image),
-                'ms_per_image_none': number(self.none.ms_per_image)}
+                'ms_per_image_none': number(self.none.ms_per_image), 'diagnostics': self.method.diagnostics()}
 
     def summary(self) -> str:
-        """One log line with the method, its settings and its cost."""
+        """One log line with the method, its settings, its cost and its diagnostics."""
+        def shown(value):
+            return f'{value:.4g}' if isinstance(value, float) else str(value)
+
         settings = ', '.join(f'{name}={value}' for name, value in self.method.settings.items())
+        diagnostics = ''.join(f'; {name.replace("_", " ")} {shown(value)}'
+                              for name, value in self.method.diagnostics().items())
         return (f'online {self.method.name} ({settings}): {self.method.ms_per_image - self.none.ms_per_image:.1f} '
-                f'ms per image adapting, {self.none.ms_per_image:.1f} for none')
+                f'ms per image adapting, {self.none.ms_per_image:.1f} for none{diagnostics}')

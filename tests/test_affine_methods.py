@@ -117,6 +117,7 @@ def test_eta_keeps_no_redundant_pixel_after_the_first_batch():
     for images in BATCHES:
         method(images)
     assert method.kept_fraction[0] > 0.5 and max(method.kept_fraction[1:]) < method.kept_fraction[0]
+    assert method.diagnostics() == {'kept_pixel_fraction': pytest.approx(sum(method.kept_fraction) / len(BATCHES))}
     assert method.running_mean is not None
     method.reset()
     assert method.running_mean is None
@@ -205,6 +206,8 @@ def test_sar_goes_back_to_the_source_when_the_loss_average_falls_below_the_thres
     for images in BATCHES:
         low(images)
     assert low.recoveries == 0 and changed(source, tensors(low.model)) == AFFINE_TENSORS
+    assert method.diagnostics() == {'reliable_pixel_fraction': 1.0, 'recoveries': 1}  # entropy ≤ ln 4 everywhere
+    assert low.diagnostics() == {'reliable_pixel_fraction': 1.0, 'recoveries': 0}
 
 
 def test_sar_leaves_out_the_last_stage_of_a_resnet():
@@ -244,6 +247,10 @@ STREAM = ['--segmentation-validation-loaders', 'cityscapes_validation,kitti_2015
 
 
 
+DIAGNOSTICS = {'eata': ['kept_pixel_fraction'], 'eta': ['kept_pixel_fraction'],
+               'sar': ['recoveries', 'reliable_pixel_fraction'], 'tent': []}
+
+
 @pytest.mark.parametrize('name, flags', [
     ('eata', ['--online-fisher-loaders', 'kitti_2015_train']),
     pytest.param('sar', [], marks=pytest.mark.slow), pytest.param('eta', [], marks=pytest.mark.slow),
@@ -252,7 +259,11 @@ def test_evaluate_adapts_with_each_affine_method_on_one_domain(untrained_roots, 
     results = evaluate.main(JOB + ['--model-name', f'{name}_one', '--online-method', name, *flags])
     assert results['online']['method'] == name and math.isfinite(results['online']['ms_per_image_adapting'])
     assert 0 <= results['domains']['cityscapes']['none']['miou'] <= 1
-    assert f'adapting online with {name}' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f'adapting online with {name}' in out
+    diagnostics = results['online']['diagnostics']  # also in the log line, 4 significant digits
+    assert sorted(diagnostics) == DIAGNOSTICS[name]
+    assert all(f'; {key.replace("_", " ")} ' in out for key in diagnostics)
 
 
 @pytest.mark.slow  # four streamed evaluate.py runs

@@ -159,6 +159,7 @@ def test_rotta_changes_nothing_before_its_first_update():
     torch.testing.assert_close(method(BATCHES[0]), expected, rtol=0, atol=0)  # the teacher, as loaded
     assert not changed(source, tensors(model)) and not changed(source, tensors(method.teacher))
     assert sum(len(items) for items in method.memory.items) == 2
+    assert method.diagnostics() == {'updates': 0}
 
 
 def test_rotta_update_uses_robust_batchnorm_and_moves_the_teacher_by_ema():
@@ -171,6 +172,7 @@ def test_rotta_update_uses_robust_batchnorm_and_moves_the_teacher_by_ema():
     method(BATCHES[0])
     for hook in hooks:
         hook.remove()
+    assert method.diagnostics() == {'updates': 1}
     student, teacher = tensors(model), tensors(method.teacher)
     assert changed(source, student) == STATISTICS - {'features.1.num_batches_tracked',
                                                      'features.4.num_batches_tracked'} | AFFINE
@@ -232,6 +234,7 @@ def test_evaluate_adapts_one_domain(untrained_roots, name, flags):
     online = results['online']
     assert online['method'] == name and online['settings']['reset'] == 'continual'
     assert 0 <= results['domains']['cityscapes']['none']['miou'] <= 1 and online['ms_per_image_adapting'] > 0
+    assert (online['diagnostics'] == {}) if name == 'cotta' else (online['diagnostics']['updates'] >= 1)
 
 
 @pytest.mark.slow  # a stream of two domains, twice

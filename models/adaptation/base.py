@@ -140,6 +140,11 @@ class OnlineMethod:
             self.timed_images += len(images)
         return logits
 
+    def diagnostics(self) -> dict:
+        """What the method did along the whole stream (its filters, recoveries, updates), for results.json and the
+        log line; nothing by default."""
+        return {}
+
     @property
     def ms_per_image(self) -> float:
         """Milliseconds per image spent in the calls after the first (adapting and predicting); nan before."""

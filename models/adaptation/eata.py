@@ -27,6 +27,11 @@ def pixel_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(1).movedim(1, -1).reshape(-1, logits.shape[1])
 
 
+def mean_fraction(fractions: list) -> float | None:
+    """The mean of per-batch fractions; None before the first batch."""
+    return sum(fractions) / len(fractions) if fractions else None
+
+
 def entropy_margin(fraction: float, classes: int) -> float:
     """E0 = fraction · ln C."""
     return fraction * math.log(classes)
@@ -67,6 +72,10 @@ class Eta(AffineMethod):
     def reset(self) -> None:
         super().reset()
         self.running_mean = None
+
+    def diagnostics(self) -> dict:
+        """The mean fraction of a batch's pixels that passed both filters, i.e. that were trained on."""
+        return {'kept_pixel_fraction': mean_fraction(self.kept_fraction)}
 
     def penalty(self) -> torch.Tensor | None:
         """A term added to the loss (none for eta)."""

@@ -113,6 +113,7 @@ class Rotta(OnlineMethod):
             raise ValueError('rotta needs BatchNorm layers with affine parameters')
         self.optimizer = self.new_optimizer()
         self.memory = None  # its number of categories comes with the first prediction
+        self.updates = 0  # along the whole stream, for reports
 
     def new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters, lr=self.settings['learning_rate'], betas=(0.9, 0.999))
@@ -145,8 +146,13 @@ class Rotta(OnlineMethod):
             for hook in hooks:
                 hook.remove()
 
+    def diagnostics(self) -> dict:
+        """How many updates (student steps on the memory) the stream gave."""
+        return {'updates': self.updates}
+
     def update(self) -> None:
         """One Adam step of the student on the memory, then the teacher's update."""
+        self.updates += 1
         contents = self.memory.contents()
         by_size = {}
         for image, age in contents:  # images of one size share a pass (a stream may change sizes)

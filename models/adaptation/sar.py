@@ -13,7 +13,7 @@ pixel leaves the parameters as they are."""
 import torch
 
 from models.adaptation.base import Setting, in_unit_interval, non_negative, positive
-from models.adaptation.eata import entropy_margin
+from models.adaptation.eata import entropy_margin, mean_fraction
 from models.adaptation.layers import affine_layers
 from models.adaptation.registry import register
 from models.adaptation.tent import AffineMethod, pixel_entropies
@@ -42,6 +42,7 @@ class Sar(AffineMethod):
         super().configure()
         self.ema = None  # of the second pass's loss
         self.recoveries = 0
+        self.reliable_fraction = []  # per batch, for reports
 
     def reset(self) -> None:
         super().reset()
@@ -53,6 +54,7 @@ class Sar(AffineMethod):
             margin = entropy_margin(self.settings['entropy_margin'], logits.shape[1])
             entropies = pixel_entropies(logits)
             reliable = entropies < margin
+            self.reliable_fraction.append(reliable.float().mean().item())
             if reliable.any():
                 self.sharpness_aware_step(images, entropies[reliable].mean(), reliable, margin)
         if self.ema is not None and self.ema < self.settings['reset_threshold']:
@@ -60,6 +62,10 @@ class Sar(AffineMethod):
             self.reset()
             self.ema, self.recoveries = ema, self.recoveries + 1
         return self.predict_adapted(images)
+
+    def diagnostics(self) -> dict:
+        """The mean fraction of reliable pixels per batch, and how often the parameters went back to the source."""
+        return {'reliable_pixel_fraction': mean_fraction(self.reliable_fraction), 'recoveries': self.recoveries}
 
     def sharpness_aware_step(self, images, loss, reliable, margin) -> None:
         """The first loss's gradient sets the perturbation; the gradient at θ + ε, applied at θ, is the step."""
