@@ -1,6 +1,7 @@
 """Helpers the test modules share that are not fixtures (those live in conftest.py): the repository root, a runner
 for the real command lines, the small model and its flags, the published checkpoint layouts, and a dataset whose
 samples describe the loader worker that made them. No test module imports another test module; they import this."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -33,6 +34,22 @@ def job_environment(dataset_root: str, checkpoint_root: str) -> dict:
     """The variables of a job started by run_script: the UBNA folders, one intra-op thread, unbuffered output."""
     return {**os.environ, 'UBNA_DIR_DATASET': dataset_root, 'UBNA_DIR_CHECKPOINT': checkpoint_root,
             'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: str):
+    """Another live process holding the folder's lock (yielded, for its pid); killed with SIGKILL at the end, so
+    the lock file keeps its pid while no process holds the lock any more, as a killed run leaves it."""
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_folder; '
+                               'lock_folder(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def run_script(script: str, args: list, dataset_root: str, checkpoint_root: str, timeout: int = 300,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from state_manager import StateManager
-from tests.support import ADAPT, REPO, SMALL_MODEL, TRAIN, job_environment, run_script
+from tests.support import ADAPT, REPO, SMALL_MODEL, TRAIN, job_environment, lock_held_elsewhere, run_script
 
 pytestmark = pytest.mark.slow  # every test starts the real command lines
 
@@ -148,14 +148,9 @@ def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(killed_training,
     root, _ = killed_training
     folder = os.path.join(root, 'e2e', 'busy')
     os.makedirs(folder)
-    holder = subprocess.Popen(  # another run holding the experiment folder
-        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_folder; '
-                               'lock_folder(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
     evaluate = SMALL_MODEL + ['--model-name', 'busy', '--model-load', f'e2e/killed/checkpoints/epoch_{EPOCHS}',
                               '--segmentation-eval-num-images', '0']
-    try:
-        assert holder.stdout.readline() == 'locked\n'
+    with lock_held_elsewhere(folder) as holder:  # another run holding the experiment folder
         refused = run_script('train.py', SMALL_MODEL + TRAIN + ['--model-name', 'busy'], synthetic_root, root,
                              check=False)
         assert refused.returncode == 2 and 'Traceback' not in refused.stderr
@@ -163,9 +158,6 @@ def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(killed_training,
                                                      f'run (process {holder.pid} on host ')
         assert 'which is still running' in error_line(refused.stderr)
         assert os.listdir(folder) == ['.lock']  # nothing written, opt.json included
-    finally:
-        holder.kill()  # SIGKILL: the lock file keeps its pid, but no process holds the lock any more
-        holder.wait()
     taken_over = run_script('evaluate.py', evaluate, synthetic_root, root)
     assert f'took over the lock of the experiment folder {folder} left by process {holder.pid} ' in taken_over.stderr
     assert os.path.isfile(os.path.join(folder, 'results.json'))

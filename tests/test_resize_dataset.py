@@ -4,8 +4,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import zlib
 
 import cv2
@@ -21,7 +19,7 @@ from dataloader.loaders import adaptation_dataset, make_loader, training_dataset
 from dataloader.resized_copy import MANIFEST, read_manifest
 from dataloader.transforms import Jitter, nearest_indices
 from errors import UserError, run_cli
-from tests.support import REPO, run_script
+from tests.support import lock_held_elsewhere, run_script
 from data_download.tiny_datasets import id_label, noise_image, palette_label, write_dataset
 
 NATIVE_HW = (150, 300)
@@ -310,19 +308,11 @@ def test_tool_reports_bad_input_in_one_sentence(ubna_env, tmp_path, capsys):
 def test_a_live_run_keeps_its_copy_and_a_rerun_removes_what_a_killed_one_left(copy_of, tmp_path, capsys):
     folder = str(tmp_path / 'copy' / 'gta5')
     os.makedirs(folder)
-    holder = subprocess.Popen(  # another run of the tool writing the same copy
-        [sys.executable, '-c', 'import sys, time; from experiment.folder import lock_folder; '
-                               'lock_folder(sys.argv[1]); print("locked", flush=True); time.sleep(120)', folder],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == 'locked\n'
+    with lock_held_elsewhere(folder) as holder:  # another run of the tool writing the same copy
         with pytest.raises(UserError, match=rf'^the resized copy {folder} is in use by another run \(process '
                                             rf'{holder.pid} on host .*\), which is still running; wait for it to end '
                                             rf'or choose another --output$'):
             copy_of('gta5_train')
-    finally:
-        holder.kill()  # as a kill leaves it: the lock file names a process that no longer holds it
-        holder.wait()
     assert os.listdir(folder) == ['.lock']
     copy_of('gta5_train')
     assert f'took over the lock of the resized copy {folder} left by process {holder.pid}' in capsys.readouterr().err
