@@ -159,3 +159,11 @@ def numbered_frames(dataset_dir: str, sub_dir: str, suffix: str) -> list:
             raise UserError(f"file {os.path.join(dataset_dir, path)} is not named <seq>_frame_<number>{suffix}.")
         frames.append(Frame(f'{folders}/{sequence}', int(number), path))
     return frames
+
+
+def write_rgb_anon_index(dataset_dir: str, split_of: Callable) -> dict:
+    """ACDC's and Dark Zurich's layout: colour images rgb_anon/<folders>/<seq>_frame_<n>_rgb_anon.png and Cityscapes
+    label ids (read fromid) gt/<folders>/<seq>_frame_<n>_gt_labelIds.png, indexed by write_index with split_of."""
+    categories = [Category('color', numbered_frames(dataset_dir, 'rgb_anon', '_rgb_anon.png')),
+                  Category('segmentation', numbered_frames(dataset_dir, 'gt', '_gt_labelIds.png'))]
+    return write_index(dataset_dir, parameters('cityscapes', 'fromid', []), categories, split_of)

@@ -3,7 +3,7 @@ acdc_<condition>_train and acdc_<condition>_validation, each a validation loader
 import os
 
 from dataloader.datasets import DatasetEntry, Loader, register
-from dataloader.index import CITYSCAPES_SPLITS, Category, numbered_frames, parameters, require_dir, write_index
+from dataloader.index import CITYSCAPES_SPLITS, require_dir, write_rgb_anon_index
 
 CONDITIONS = ('fog', 'night', 'rain', 'snow')
 SIZE = (544, 960)  # the native 1080x1920 halved, rounded to a multiple of 32
@@ -24,9 +24,7 @@ def build_acdc(root: str) -> dict:
     dataset_dir = os.path.join(root, 'acdc')
     require_dir(os.path.join(dataset_dir, 'rgb_anon'))
     require_dir(os.path.join(dataset_dir, 'gt'))
-    categories = [Category('color', numbered_frames(dataset_dir, 'rgb_anon', '_rgb_anon.png')),
-                  Category('segmentation', numbered_frames(dataset_dir, 'gt', '_gt_labelIds.png'))]
-    return write_index(dataset_dir, parameters('cityscapes', 'fromid', []), categories, acdc_split)
+    return write_rgb_anon_index(dataset_dir, acdc_split)
 
 
 register(DatasetEntry(

@@ -3,7 +3,7 @@ val) and the adaptation loaders dark_zurich_<day|twilight|night>_train (its unla
 import os
 
 from dataloader.datasets import DatasetEntry, Loader, register
-from dataloader.index import Category, numbered_frames, parameters, require_dir, write_index
+from dataloader.index import require_dir, write_rgb_anon_index
 
 TIMES_OF_DAY = ('day', 'twilight', 'night')
 SPLITS = {**{('train', time): f'{time}_train' for time in TIMES_OF_DAY}, ('val', 'night'): 'validation'}
@@ -23,9 +23,7 @@ def build_dark_zurich(root: str) -> dict:
     """
     dataset_dir = os.path.join(root, 'dark_zurich')
     require_dir(os.path.join(dataset_dir, 'rgb_anon'))
-    categories = [Category('color', numbered_frames(dataset_dir, 'rgb_anon', '_rgb_anon.png')),
-                  Category('segmentation', numbered_frames(dataset_dir, 'gt', '_gt_labelIds.png'))]
-    return write_index(dataset_dir, parameters('cityscapes', 'fromid', []), categories, dark_zurich_split)
+    return write_rgb_anon_index(dataset_dir, dark_zurich_split)
 
 
 register(DatasetEntry(
