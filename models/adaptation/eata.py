@@ -46,13 +46,12 @@ def eata_loss(logits: torch.Tensor, margin: float, redundancy: float, running_me
     if running_mean is not None:
         kept &= F.cosine_similarity(probabilities, running_mean[None], dim=1).abs() < redundancy
     weights = torch.exp(margin - entropies.detach())
-    new_mean = running_mean
-    if kept.any():
-        batch_mean = probabilities[kept].mean(0)
-        new_mean = batch_mean if running_mean is None else \
-            (1 - RUNNING_MEAN_MOMENTUM) * running_mean + RUNNING_MEAN_MOMENTUM * batch_mean
-    loss = (entropies * weights)[kept].mean() if kept.any() else None
-    return loss, kept, weights, new_mean
+    if not kept.any():  # one wait for the device decides both
+        return None, kept, weights, running_mean
+    batch_mean = probabilities[kept].mean(0)
+    new_mean = batch_mean if running_mean is None else \
+        (1 - RUNNING_MEAN_MOMENTUM) * running_mean + RUNNING_MEAN_MOMENTUM * batch_mean
+    return (entropies * weights)[kept].mean(), kept, weights, new_mean
 
 
 @register

@@ -55,7 +55,7 @@ class Sar(AffineMethod):
             entropies = pixel_entropies(logits)
             reliable = entropies < margin
             self.reliable_fraction.append(reliable.float().mean().item())
-            if reliable.any():
+            if self.reliable_fraction[-1] > 0:  # any reliable pixel, read with the fraction
                 self.sharpness_aware_step(images, entropies[reliable].mean(), reliable, margin)
         if self.ema is not None and self.ema < self.settings['reset_threshold']:
             ema = self.ema
